@@ -1,0 +1,537 @@
+"""The guard: decide from a shared, TTL-bounded balance snapshot; hold while calls run."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import logging
+import time
+from collections.abc import Callable
+from decimal import Decimal
+from types import TracebackType
+from typing import Any, Literal, TypeVar, cast
+
+import wrapt
+
+from ._check import Check, Source
+from ._errors import BalanceUnavailable, ConfigurationError, InsufficientCredits
+from ._hold import Hold
+from ._ledger import DEFAULT_LEDGER, Clock
+from ._money import Amount, format_amount, to_amount
+from ._provider import Provider
+
+log = logging.getLogger("spendguard")
+
+OnUnavailable = Literal["raise", "allow"]
+F = TypeVar("F", bound=Callable[..., Any])
+Cost = Amount | Callable[..., Amount]
+"""A fixed amount, or a callable receiving the guarded function's arguments and returning one."""
+
+_POLICIES = ("raise", "allow")
+_ZERO = Decimal(0)
+
+# The outcome of a decision: (admitted, available, source, reason for a refusal).
+_Outcome = tuple[bool, Decimal, Source, str | None]
+
+
+class SpendGuard:
+    """Refuses expensive calls that the account cannot pay for, before they start.
+
+    Args:
+        provider: Where balances come from: :class:`Orthogonal`, :class:`Hyper3D` or any
+            :class:`Provider`.
+        ttl: Seconds a looked-up balance is trusted. While fresh, decisions make no
+            network request at all.
+        floor: An amount the guard always leaves untouched on the account.
+        budget: A cap on what this guard may spend in total, whatever the account holds.
+            Counted on settled amounts; a released hold gives its share back.
+        on_unavailable: ``"raise"`` (default): when the balance cannot be had, the call does
+            not run. ``"allow"``: the call runs, a WARNING is logged, and its cost is still
+            held and debited.
+        refresh_interval: When the snapshot says "short" and is older than this many
+            seconds, look again once before refusing, so a top-up is seen.
+        clock: Monotonic seconds; ``time.monotonic`` by default. Guards share a snapshot
+            and holds when they watch the same account through the same clock.
+
+    Raises:
+        ConfigurationError: An option is out of range.
+    """
+
+    def __init__(
+        self,
+        provider: Provider,
+        *,
+        ttl: float = 60.0,
+        floor: Amount = 0,
+        budget: Amount | None = None,
+        on_unavailable: OnUnavailable = "raise",
+        refresh_interval: float = 1.0,
+        clock: Clock | None = None,
+    ) -> None:
+        if not isinstance(provider, Provider):
+            raise TypeError(
+                f"provider must implement spendguard.Provider, got {type(provider).__name__}"
+            )
+        if on_unavailable not in _POLICIES:
+            raise ConfigurationError(
+                f"on_unavailable must be one of {', '.join(map(repr, _POLICIES))}, "
+                f"got {on_unavailable!r}"
+            )
+        self._provider = provider
+        self._unit = provider.unit
+        self._name = provider.name
+        self.ttl = _seconds(ttl, "ttl")
+        self.refresh_interval = _seconds(refresh_interval, "refresh_interval")
+        self.floor = _option_amount(floor, "floor")
+        self.budget = None if budget is None else _option_amount(budget, "budget")
+        self.on_unavailable: OnUnavailable = on_unavailable
+        self._clock: Clock = clock or time.monotonic
+        self._account = DEFAULT_LEDGER.account(provider.account_id, self._clock)
+        self._lock = self._account.lock
+        self._spent = _ZERO
+        self._held = _ZERO
+
+    # -- public API ------------------------------------------------------------------
+
+    @property
+    def provider(self) -> Provider:
+        """The provider this guard asks."""
+        return self._provider
+
+    @property
+    def unit(self) -> str:
+        """The provider's unit."""
+        return self._unit
+
+    @property
+    def spent(self) -> Decimal:
+        """What calls through this guard have spent (settled) so far."""
+        return self._spent
+
+    @property
+    def held(self) -> Decimal:
+        """What calls through this guard hold right now."""
+        return self._held
+
+    def __call__(self, *, cost: Cost) -> Callable[[F], F]:
+        """Decorate a function so that it never starts when the account cannot pay ``cost``.
+
+        Works on functions, methods, classmethods, staticmethods and ``async def``
+        functions; name, docstring, signature and coroutine-ness are kept.
+
+        Args:
+            cost: A fixed amount (``int``, ``Decimal``, numeric ``str``, ``float``), or a
+                callable called with exactly the arguments the function receives
+                (``self`` or ``cls`` included) and returning one.
+
+        Raises:
+            InsufficientCredits: At call time, before the function starts.
+            ProviderError: At call time, when the balance cannot be had and the policy
+                is ``"raise"``.
+        """
+        if callable(cost):
+            fixed: Decimal | None = None
+            cost_fn: Callable[..., Amount] | None = cost
+        else:
+            fixed, cost_fn = to_amount(cost, name="cost"), None
+
+        def decorate(fn: F) -> F:
+            target = getattr(fn, "__func__", fn)
+            if inspect.isgeneratorfunction(target) or inspect.isasyncgenfunction(target):
+                raise TypeError(
+                    f"cannot guard generator function {target.__qualname__!r}: its body "
+                    "runs after the call returns; use `with guard.spend(...)` inside it"
+                )
+            if inspect.iscoroutinefunction(target):
+                wrapper = self._async_wrapper(fixed, cost_fn)
+            else:
+                wrapper = self._sync_wrapper(fixed, cost_fn)
+            return cast(F, wrapt.FunctionWrapper(fn, wrapper))
+
+        return decorate
+
+    def spend(self, amount: Amount) -> Spend:
+        """Hold ``amount`` around a block of work: ``with`` or ``async with``.
+
+        Yields a :class:`Hold`. Leaving the block settles the hold in full unless it was
+        settled or released inside.
+
+        Raises:
+            ValueError: ``amount`` is negative, NaN or infinite.
+        """
+        return Spend(self, to_amount(amount))
+
+    def check(self, amount: Amount) -> Check:
+        """Whether ``amount`` can be spent now; never raises for a shortfall.
+
+        Raises:
+            ProviderError: The balance cannot be had and the policy is ``"raise"``.
+        """
+        required = to_amount(amount)
+        return self._to_check(required, self._decide(required, hold=False))
+
+    async def acheck(self, amount: Amount) -> Check:
+        """:meth:`check` for coroutines: a lookup runs in a worker thread."""
+        required = to_amount(amount)
+        return self._to_check(required, await self._adecide(required, hold=False))
+
+    def require(self, amount: Amount) -> Check:
+        """Like :meth:`check`, but raises :class:`InsufficientCredits` for a shortfall."""
+        required = to_amount(amount)
+        outcome = self._decide(required, hold=False)
+        if not outcome[0]:
+            raise self._refusal(required, outcome)
+        return self._to_check(required, outcome)
+
+    async def arequire(self, amount: Amount) -> Check:
+        """:meth:`require` for coroutines."""
+        required = to_amount(amount)
+        outcome = await self._adecide(required, hold=False)
+        if not outcome[0]:
+            raise self._refusal(required, outcome)
+        return self._to_check(required, outcome)
+
+    def balance(self) -> Decimal:
+        """The account balance as this guard sees it: the cached snapshot minus spending
+        since, looked up when stale. Holds and the floor are not subtracted."""
+        self._ensure_fresh()
+        return self._balance_now()
+
+    async def abalance(self) -> Decimal:
+        """:meth:`balance` for coroutines."""
+        await asyncio.to_thread(self._ensure_fresh)
+        return self._balance_now()
+
+    def available(self) -> Decimal:
+        """What this guard could spend now: balance minus holds and floor, within budget."""
+        self._ensure_fresh()
+        with self._lock:
+            return self._available_locked()
+
+    async def aavailable(self) -> Decimal:
+        """:meth:`available` for coroutines."""
+        await asyncio.to_thread(self._ensure_fresh)
+        with self._lock:
+            return self._available_locked()
+
+    def invalidate(self) -> None:
+        """Drop the cached balance of this account (for every guard on it)."""
+        self._account.invalidate()
+
+    def __repr__(self) -> str:
+        budget = "None" if self.budget is None else repr(str(self.budget))
+        return (
+            f"SpendGuard({self._provider!r}, ttl={self.ttl!r}, floor={str(self.floor)!r}, "
+            f"budget={budget}, on_unavailable={self.on_unavailable!r})"
+        )
+
+    # -- decisions -------------------------------------------------------------------
+
+    def _decide(self, amount: Decimal, hold: bool) -> _Outcome:
+        cached = self._from_cache(amount, hold)
+        if type(cached) is tuple:
+            return cached
+        assert isinstance(cached, _Lookup)
+        try:
+            check = self._account.refresh(
+                functools.partial(self._provider.check, amount + cached.extra),
+                cached.seen,
+                self._clock,
+            )
+        except BalanceUnavailable as exc:
+            return self._fallback(amount, hold, exc)
+        return self._after_lookup(amount, hold, check)
+
+    async def _adecide(self, amount: Decimal, hold: bool) -> _Outcome:
+        cached = self._from_cache(amount, hold)
+        if type(cached) is tuple:
+            return cached
+        assert isinstance(cached, _Lookup)
+        # The lookup (and its single-flight wait) blocks, so it runs in a worker thread;
+        # the hold itself is taken back on the event loop, so a cancelled task holds nothing.
+        try:
+            check = await asyncio.to_thread(
+                self._account.refresh,
+                functools.partial(self._provider.check, amount + cached.extra),
+                cached.seen,
+                self._clock,
+            )
+        except BalanceUnavailable as exc:
+            return self._fallback(amount, hold, exc)
+        return self._after_lookup(amount, hold, check)
+
+    def _from_cache(self, amount: Decimal, hold: bool) -> _Outcome | _Lookup:
+        """Decide from a fresh snapshot, or say what a lookup must ask beyond ``amount``."""
+        now = self._clock()
+        account = self._account
+        with self._lock:
+            fetched_at = account.fetched_at
+            if self.budget is not None:
+                left = self.budget - self._spent - self._held
+                if left < amount:
+                    return (False, left, "cache", "budget")
+            if fetched_at is not None and now - fetched_at <= self.ttl:
+                available = account.balance - account.spent - account.held - self.floor  # type: ignore[operator]
+                if self.budget is not None:
+                    available = min(available, self.budget - self._spent - self._held)
+                if available >= amount:
+                    if hold:
+                        account.held += amount
+                        self._held += amount
+                    return (True, available, "cache", None)
+                if now - fetched_at < self.refresh_interval:
+                    return (False, available, "cache", None)
+            return _Lookup(account.lookups, account.held + self.floor)
+
+    def _after_lookup(self, amount: Decimal, hold: bool, check: Check | None) -> _Outcome:
+        with self._lock:
+            available = self._available_locked()
+            if available >= amount and (check is None or check.sufficient):
+                if hold:
+                    self._account.held += amount
+                    self._held += amount
+                return (True, available, "remote", None)
+        reason = None if available < amount else "the provider reported the balance insufficient"
+        return (False, available, "remote", reason)
+
+    def _fallback(self, amount: Decimal, hold: bool, exc: BalanceUnavailable) -> _Outcome:
+        if self.on_unavailable == "raise":
+            raise exc
+        with self._lock:
+            known = self._account.balance is not None
+            available = self._available_locked() if known else _ZERO
+            if hold:
+                self._account.held += amount
+                self._held += amount
+        log.warning(
+            "%s: balance unavailable (%s); letting a call of %s through (on_unavailable='allow')",
+            self._name,
+            exc.message,
+            format_amount(amount, self._unit),
+        )
+        return (True, available, "fallback", None)
+
+    def _available_locked(self) -> Decimal:
+        account = self._account
+        balance = account.balance if account.balance is not None else _ZERO
+        available = balance - account.spent - account.held - self.floor
+        if self.budget is not None:
+            available = min(available, self.budget - self._spent - self._held)
+        return available
+
+    def _balance_now(self) -> Decimal:
+        with self._lock:
+            balance = self._account.balance
+            return (balance if balance is not None else _ZERO) - self._account.spent
+
+    def _ensure_fresh(self) -> None:
+        now = self._clock()
+        account = self._account
+        with self._lock:
+            fetched_at = account.fetched_at
+            if fetched_at is not None and now - fetched_at <= self.ttl:
+                return
+            seen = account.lookups
+            extra = account.held + self.floor
+        account.refresh(functools.partial(self._provider.check, extra), seen, self._clock)
+
+    def _to_check(self, required: Decimal, outcome: _Outcome) -> Check:
+        admitted, available, source, _ = outcome
+        if source == "fallback":
+            return Check(True, required, available, _ZERO, self._unit, source)
+        shortfall = required - available
+        if admitted or shortfall <= 0:
+            return Check(admitted, required, available, max(shortfall, _ZERO), self._unit, source)
+        return Check(False, required, available, shortfall, self._unit, source)
+
+    def _refusal(self, amount: Decimal, outcome: _Outcome) -> InsufficientCredits:
+        _, available, source, reason = outcome
+        if reason == "budget":
+            reason = f"budget of {format_amount(self.budget or _ZERO, self._unit)} for this guard"
+        error = InsufficientCredits(
+            required=amount,
+            available=available,
+            unit=self._unit,
+            provider=self._name,
+            reason=reason,
+        )
+        log.info("refused: %s [%s]", error, source)
+        return error
+
+    # -- holds -----------------------------------------------------------------------
+
+    def _finish(self, amount: Decimal, charged: Decimal | None) -> None:
+        """End a hold of ``amount``: ``charged`` is spent, or ``None`` gives it all back."""
+        account = self._account
+        with self._lock:
+            account.held -= amount
+            self._held -= amount
+            if charged is not None:
+                account.spent += charged
+                self._spent += charged
+
+    def _end_hold(self, hold: Hold, charged: Decimal | None) -> None:
+        with self._lock:
+            if hold._state != "held":
+                return
+            hold._state = "settled" if charged is not None else "released"
+            hold._charged = charged or _ZERO
+            self._account.held -= hold.amount
+            self._held -= hold.amount
+            if charged is not None:
+                self._account.spent += charged
+                self._spent += charged
+
+    def _after_call(self, exc: BaseException | None) -> None:
+        if exc is not None and _payment_required(exc):
+            log.warning("%s: the provider answered 402; the cached balance is dropped", self._name)
+            self.invalidate()
+
+    # -- wrappers --------------------------------------------------------------------
+
+    def _price(
+        self,
+        fixed: Decimal | None,
+        cost_fn: Callable[..., Amount] | None,
+        instance: object,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Decimal:
+        if cost_fn is None:
+            return fixed  # type: ignore[return-value]
+        value = (
+            cost_fn(instance, *args, **kwargs) if instance is not None else cost_fn(*args, **kwargs)
+        )
+        return to_amount(value, name="cost")
+
+    def _sync_wrapper(
+        self, fixed: Decimal | None, cost_fn: Callable[..., Amount] | None
+    ) -> Callable[..., Any]:
+        def wrapper(
+            wrapped: Callable[..., Any],
+            instance: object,
+            args: tuple[Any, ...],
+            kwargs: dict[str, Any],
+        ) -> Any:
+            amount = self._price(fixed, cost_fn, instance, args, kwargs)
+            outcome = self._decide(amount, hold=True)
+            if not outcome[0]:
+                raise self._refusal(amount, outcome)
+            try:
+                return wrapped(*args, **kwargs)
+            except BaseException as exc:
+                self._after_call(exc)
+                raise
+            finally:
+                self._finish(amount, amount)
+
+        return wrapper
+
+    def _async_wrapper(
+        self, fixed: Decimal | None, cost_fn: Callable[..., Amount] | None
+    ) -> Callable[..., Any]:
+        async def wrapper(
+            wrapped: Callable[..., Any],
+            instance: object,
+            args: tuple[Any, ...],
+            kwargs: dict[str, Any],
+        ) -> Any:
+            amount = self._price(fixed, cost_fn, instance, args, kwargs)
+            outcome = await self._adecide(amount, hold=True)
+            if not outcome[0]:
+                raise self._refusal(amount, outcome)
+            try:
+                return await wrapped(*args, **kwargs)
+            except BaseException as exc:
+                self._after_call(exc)
+                raise
+            finally:
+                self._finish(amount, amount)
+
+        return wrapper
+
+
+class _Lookup:
+    """A decision that needs a lookup: the lookup count seen, and what to ask beyond the cost."""
+
+    __slots__ = ("extra", "seen")
+
+    def __init__(self, seen: int, extra: Decimal) -> None:
+        self.seen = seen
+        self.extra = extra
+
+
+class Spend:
+    """The context manager returned by :meth:`SpendGuard.spend` (``with`` and ``async with``)."""
+
+    __slots__ = ("_guard", "_hold", "amount")
+
+    def __init__(self, guard: SpendGuard, amount: Decimal) -> None:
+        self._guard = guard
+        self.amount = amount
+        self._hold: Hold | None = None
+
+    def __enter__(self) -> Hold:
+        self._check_idle()
+        guard = self._guard
+        outcome = guard._decide(self.amount, hold=True)
+        if not outcome[0]:
+            raise guard._refusal(self.amount, outcome)
+        self._hold = Hold(guard, self.amount)
+        return self._hold
+
+    async def __aenter__(self) -> Hold:
+        self._check_idle()
+        guard = self._guard
+        outcome = await guard._adecide(self.amount, hold=True)
+        if not outcome[0]:
+            raise guard._refusal(self.amount, outcome)
+        self._hold = Hold(guard, self.amount)
+        return self._hold
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        hold, self._hold = self._hold, None
+        self._guard._after_call(exc)
+        if hold is not None:
+            hold.settle()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        # Synchronous on purpose: bookkeeping that cannot be interrupted by cancellation.
+        self.__exit__(exc_type, exc, tb)
+
+    def _check_idle(self) -> None:
+        if self._hold is not None:
+            raise RuntimeError("this spend() block is already active; call guard.spend() again")
+
+    def __repr__(self) -> str:
+        return f"<Spend {format_amount(self.amount, self._guard.unit)}>"
+
+
+def _payment_required(exc: BaseException) -> bool:
+    """Whether ``exc`` is an HTTP 402 (``requests.HTTPError`` or anything with a response)."""
+    response = getattr(exc, "response", None)
+    return getattr(response, "status_code", None) == 402
+
+
+def _seconds(value: float, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+        raise ConfigurationError(f"{name} must be a non-negative number of seconds, got {value!r}")
+    return float(value)
+
+
+def _option_amount(value: Amount, name: str) -> Decimal:
+    try:
+        return to_amount(value, name=name)
+    except (TypeError, ValueError) as exc:
+        raise ConfigurationError(str(exc)) from None

@@ -1,0 +1,119 @@
+"""Exact money: user amounts, provider balance strings and JSON numbers, all as ``Decimal``."""
+
+from __future__ import annotations
+
+import re
+from decimal import ROUND_CEILING, Decimal, InvalidOperation
+
+#: Larger magnitudes are not balances but garbage (or an attempt to overflow arithmetic).
+MAX_MAGNITUDE = Decimal(10) ** 15
+
+_DOLLARS = re.compile(
+    r"""
+    \s*
+    (?P<sign1>-)?\s*
+    \$?\s*
+    (?P<sign2>-)?
+    (?P<int>\d{1,3}(?:,\d{3})+|\d+)
+    (?P<frac>\.\d+)?
+    \s*
+    """,
+    re.VERBOSE,
+)
+
+Amount = int | str | Decimal | float
+"""What callers may pass as an amount: ``int``, ``Decimal``, a numeric ``str`` or ``float``."""
+
+
+def to_amount(value: object, *, name: str = "amount") -> Decimal:
+    """Convert a user-supplied amount to a finite, non-negative ``Decimal``.
+
+    Floats go through ``str`` so that ``0.1`` means ``Decimal("0.1")``.
+
+    Raises:
+        TypeError: ``value`` is not an int, Decimal, str or float (``bool`` included).
+        ValueError: ``value`` is not a number, or is negative, NaN or infinite.
+    """
+    if isinstance(value, Decimal):
+        result = value
+    elif isinstance(value, bool) or not isinstance(value, int | str | float):
+        raise TypeError(
+            f"{name} must be an int, Decimal, numeric str or float, not {type(value).__name__}"
+        )
+    else:
+        try:
+            result = Decimal(value.strip() if isinstance(value, str) else str(value))
+        except InvalidOperation:
+            raise ValueError(f"{name} is not a number: {value!r}") from None
+    if not result.is_finite():
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    if result < 0:
+        raise ValueError(f"{name} must not be negative, got {value!r}")
+    if result > MAX_MAGNITUDE:
+        raise ValueError(f"{name} is implausibly large: {value!r}")
+    return result + 0  # normalises -0 to 0
+
+
+def parse_dollars(text: str) -> Decimal:
+    """Parse a dollar string such as ``"$1,234.56"``, ``"-$0.50"``, ``"$-0.50"`` or ``" $5 "``.
+
+    Raises:
+        ValueError: ``text`` is not a dollar amount.
+    """
+    match = _DOLLARS.fullmatch(text)
+    if match is None or (match["sign1"] and match["sign2"]):
+        raise ValueError(f"not a dollar amount: {text!r}")
+    digits = match["int"].replace(",", "") + (match["frac"] or "")
+    value = Decimal(digits)
+    if value > MAX_MAGNITUDE:
+        raise ValueError(f"implausibly large amount: {text!r}")
+    return -value if (match["sign1"] or match["sign2"]) and value else value
+
+
+def parse_number(value: object) -> Decimal:
+    """Parse a JSON number decoded with ``parse_float=Decimal`` (never a float or a bool).
+
+    Raises:
+        ValueError: ``value`` is not a finite number of plausible size.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | Decimal):
+        raise ValueError(f"expected a number, got {_describe(value)}")
+    result = Decimal(value)
+    if not result.is_finite() or abs(result) > MAX_MAGNITUDE:
+        raise ValueError(f"implausible number: {value!r}")
+    return result + 0
+
+
+def ceil_int(value: Decimal) -> int:
+    """Round up to an integer (never under-ask)."""
+    return int(value.to_integral_value(rounding=ROUND_CEILING))
+
+
+def format_amount(value: Decimal, unit: str, *, bare: bool = False) -> str:
+    """Render an amount for people: ``$0.10`` for USD, ``1.5 credits`` otherwise.
+
+    ``bare`` leaves out a unit name (not the dollar sign), for the second and later
+    amounts of a sentence: "need 2 credits, 1.5 available".
+    """
+    if unit == "USD":
+        text = _plain(abs(value))
+        whole, _, frac = text.partition(".")
+        text = f"{whole}.{frac.ljust(2, '0')}"
+        return f"-${text}" if value < 0 else f"${text}"
+    return _plain(value) if bare else f"{_plain(value)} {unit}"
+
+
+def _plain(value: Decimal) -> str:
+    """``Decimal`` without exponent or trailing zeros: ``1.50`` -> ``1.5``, ``1E+2`` -> ``100``."""
+    text = format(value.normalize(), "f")
+    return "0" if text in ("-0", "0") else text
+
+
+def _describe(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, str):
+        return f"a string {value[:40]!r}"
+    return f"a {type(value).__name__}"

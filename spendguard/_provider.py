@@ -1,0 +1,127 @@
+"""What a provider is (a Protocol anyone can satisfy) and the base of the bundled HTTP ones."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from decimal import Decimal
+from typing import Any, Protocol, runtime_checkable
+
+import requests
+
+from ._check import Check
+from ._http import build_session, redact, request_json, resolve_base_url, resolve_key
+from ._money import Amount
+
+
+@runtime_checkable
+class Provider(Protocol):
+    """The interface :class:`~spendguard.SpendGuard` needs from a provider.
+
+    Write your own by defining these members; no base class is required. Amounts are
+    ``Decimal`` in the provider's ``unit``. Raise :class:`~spendguard.ProviderError` (or
+    one of its subclasses) for anything that is not a usable answer:
+    :class:`~spendguard.BalanceUnavailable` for transient trouble that a failure policy
+    may tolerate, :class:`~spendguard.AuthenticationError` for a bad key.
+
+    Example:
+        >>> class Wallet:
+        ...     name, unit, account_id = "wallet", "credits", "wallet:team-a"
+        ...     def fetch_balance(self) -> Decimal:
+        ...         return Decimal("12.5")
+        ...     def check(self, amount: Decimal) -> Check:
+        ...         return Check.of(amount, self.fetch_balance(), self.unit, "remote")
+    """
+
+    @property
+    def name(self) -> str:
+        """Short name used in messages and logs, e.g. ``"hyper3d"``."""
+        ...
+
+    @property
+    def unit(self) -> str:
+        """The unit of every amount, e.g. ``"USD"`` or ``"credits"``."""
+        ...
+
+    @property
+    def account_id(self) -> str:
+        """A stable identifier of the account, never containing the key itself.
+
+        Guards whose providers report the same ``account_id`` share one balance snapshot
+        and one set of holds in the process.
+        """
+        ...
+
+    def fetch_balance(self) -> Decimal:
+        """Look up the account's balance now."""
+        ...
+
+    def check(self, amount: Decimal) -> Check:
+        """Ask whether the account covers ``amount``; ``available`` is the balance seen."""
+        ...
+
+
+class HTTPProvider:
+    """Shared machinery of the bundled providers: key, base URL, session and requests."""
+
+    name: str = ""
+    unit: str = ""
+    _key_vars: tuple[str, ...] = ()
+    _url_var: str = ""
+    _default_url: str = ""
+
+    def __init__(
+        self,
+        api_key: str | None = None,
+        *,
+        base_url: str | None = None,
+        timeout: float = 10.0,
+        session: requests.Session | None = None,
+    ) -> None:
+        if not timeout > 0:
+            raise ValueError(f"timeout must be positive, got {timeout!r}")
+        self._key = resolve_key(api_key, self._key_vars, self.name)
+        self.base_url = resolve_base_url(base_url, self._url_var, self._default_url, self.name)
+        self.timeout = float(timeout)
+        self._owns_session = session is None
+        self._session = build_session() if session is None else session
+        self._lock = threading.Lock()
+        digest = hashlib.sha256(self._key.encode()).hexdigest()[:16]
+        self._account_id = f"{self.name}:{self.base_url}:{digest}"
+
+    @property
+    def account_id(self) -> str:
+        """``kind:base_url:sha256(key)[:16]``: identifies the account without the key."""
+        return self._account_id
+
+    def close(self) -> None:
+        """Close the HTTP session if this provider created it."""
+        if self._owns_session:
+            self._session.close()
+
+    def __enter__(self) -> HTTPProvider:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(api_key={redact(self._key)!r}, "
+            f"base_url={self.base_url!r}, timeout={self.timeout!r})"
+        )
+
+    def _request(self, method: str, path: str, payload: dict[str, Any] | None = None) -> Any:
+        return request_json(
+            self._session,
+            method,
+            self.base_url + path,
+            key=self._key,
+            provider=self.name,
+            timeout=self.timeout,
+            payload=payload,
+        )
+
+    def check(self, amount: Amount) -> Check:  # pragma: no cover - overridden
+        """Ask whether the account covers ``amount``."""
+        raise NotImplementedError
