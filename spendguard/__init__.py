@@ -7,6 +7,7 @@
 """
 
 from ._check import Check, Source
+from ._decision import Decision, Listener, Stats
 from ._errors import (
     AuthenticationError,
     BalanceUnavailable,
@@ -30,10 +31,12 @@ __all__ = [
     "Check",
     "ConfigurationError",
     "Cost",
+    "Decision",
     "Hold",
     "HoldState",
     "Hyper3D",
     "InsufficientCredits",
+    "Listener",
     "OnUnavailable",
     "Orthogonal",
     "Provider",
@@ -42,5 +45,6 @@ __all__ = [
     "Spend",
     "SpendGuard",
     "SpendGuardError",
+    "Stats",
     "__version__",
 ]

@@ -27,6 +27,8 @@ class Check:
         shortfall: ``max(required - available, 0)``.
         unit: The provider's unit (``"USD"``, ``"credits"``).
         source: ``"cache"``, ``"remote"`` or ``"fallback"`` (see :data:`Source`).
+        age: Seconds since the balance behind the decision was looked up; ``None`` when
+            no balance was known.
     """
 
     sufficient: bool
@@ -35,14 +37,22 @@ class Check:
     shortfall: Decimal
     unit: str
     source: Source
+    age: float | None = None
 
     @classmethod
-    def of(cls, required: Decimal, available: Decimal, unit: str, source: Source) -> Check:
+    def of(
+        cls,
+        required: Decimal,
+        available: Decimal,
+        unit: str,
+        source: Source,
+        age: float | None = None,
+    ) -> Check:
         """Build a check from what is required and what is available."""
         shortfall = required - available
         if shortfall > 0:
-            return cls(False, required, available, shortfall, unit, source)
-        return cls(True, required, available, Decimal(0), unit, source)
+            return cls(False, required, available, shortfall, unit, source, age)
+        return cls(True, required, available, Decimal(0), unit, source, age)
 
     def __str__(self) -> str:
         verdict = "sufficient" if self.sufficient else "insufficient"

@@ -7,32 +7,40 @@ import functools
 import inspect
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from decimal import Decimal
 from types import TracebackType
-from typing import Any, Literal, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
 import wrapt
 
 from ._check import Check, Source
-from ._errors import BalanceUnavailable, ConfigurationError, InsufficientCredits
+from ._decision import Decision, Listener, Stats, listeners_of, notify
+from ._errors import BalanceUnavailable, ConfigurationError, InsufficientCredits, ProviderError
 from ._hold import Hold
 from ._ledger import DEFAULT_LEDGER, Clock
 from ._money import Amount, format_amount, to_amount
 from ._provider import Provider
 
+if TYPE_CHECKING:
+    from ._session import GuardedSession, RoutePrices
+
 log = logging.getLogger("spendguard")
 
-OnUnavailable = Literal["raise", "allow"]
+OnUnavailable = Literal["raise", "allow", "stale"]
 F = TypeVar("F", bound=Callable[..., Any])
 Cost = Amount | Callable[..., Amount]
 """A fixed amount, or a callable receiving the guarded function's arguments and returning one."""
 
-_POLICIES = ("raise", "allow")
+_POLICIES = ("raise", "allow", "stale")
 _ZERO = Decimal(0)
+_DEBUG = logging.DEBUG
 
-# The outcome of a decision: (admitted, available, source, reason for a refusal).
-_Outcome = tuple[bool, Decimal, Source, str | None]
+# The outcome of a decision, a plain tuple because it is made on the hot path:
+# (admitted, available, source, age, sufficient, note). ``sufficient`` is None when no
+# balance was known; ``note`` says why a refusal is not plain arithmetic ("budget",
+# "remote"), or names the error class behind a fallback, or is "shadow".
+_Outcome = tuple[bool, Decimal, Source, float | None, bool | None, str | None]
 
 
 class SpendGuard:
@@ -46,13 +54,22 @@ class SpendGuard:
         floor: An amount the guard always leaves untouched on the account.
         budget: A cap on what this guard may spend in total, whatever the account holds.
             Counted on settled amounts; a released hold gives its share back.
-        on_unavailable: ``"raise"`` (default): when the balance cannot be had, the call does
-            not run. ``"allow"``: the call runs, a WARNING is logged, and its cost is still
-            held and debited.
+        on_unavailable: What to do when the balance cannot be had (timeout, connection
+            error, 429, 5xx after retries). ``"raise"`` (default): the call does not run.
+            ``"allow"``: the call runs, a WARNING is logged, and its cost is still held
+            and debited. ``"stale"``: decide from the last known balance (minus holds and
+            spending since) while it is at most ``max_stale`` seconds old, else raise.
+            A bad key or a malformed answer always raises.
         refresh_interval: When the snapshot says "short" and is older than this many
             seconds, look again once before refusing, so a top-up is seen.
         clock: Monotonic seconds; ``time.monotonic`` by default. Guards share a snapshot
             and holds when they watch the same account through the same clock.
+        max_stale: Seconds a balance may be old under ``on_unavailable="stale"``.
+        enforce: ``False`` runs the guard in shadow mode: it never blocks, but logs and
+            reports (``Decision.enforced is False``) every call it would have refused.
+        on_decision: A callable, or several, receiving a :class:`Decision` after every
+            decision. Exceptions they raise are logged, never propagated.
+        name: The guard's name in logs and decisions; the provider's name by default.
 
     Raises:
         ConfigurationError: An option is out of range.
@@ -68,6 +85,10 @@ class SpendGuard:
         on_unavailable: OnUnavailable = "raise",
         refresh_interval: float = 1.0,
         clock: Clock | None = None,
+        max_stale: float = 300.0,
+        enforce: bool = True,
+        on_decision: Listener | Iterable[Listener] | None = None,
+        name: str | None = None,
     ) -> None:
         if not isinstance(provider, Provider):
             raise TypeError(
@@ -81,6 +102,10 @@ class SpendGuard:
         self._provider = provider
         self._unit = provider.unit
         self._name = provider.name
+        self.name = name or provider.name
+        self.max_stale = _seconds(max_stale, "max_stale")
+        self.enforce = bool(enforce)
+        self._listeners = listeners_of(on_decision)
         self.ttl = _seconds(ttl, "ttl")
         self.refresh_interval = _seconds(refresh_interval, "refresh_interval")
         self.floor = _option_amount(floor, "floor")
@@ -91,6 +116,12 @@ class SpendGuard:
         self._lock = self._account.lock
         self._spent = _ZERO
         self._held = _ZERO
+        self._hits = 0
+        self._misses = 0
+        self._refused = 0
+        self._lookups = 0
+        self._fallbacks = 0
+        self._errors: dict[str, int] = {}
 
     # -- public API ------------------------------------------------------------------
 
@@ -169,12 +200,12 @@ class SpendGuard:
             ProviderError: The balance cannot be had and the policy is ``"raise"``.
         """
         required = to_amount(amount)
-        return self._to_check(required, self._decide(required, hold=False))
+        return self._to_check(required, self._decide(required, hold=False, blocking=False))
 
     async def acheck(self, amount: Amount) -> Check:
         """:meth:`check` for coroutines: a lookup runs in a worker thread."""
         required = to_amount(amount)
-        return self._to_check(required, await self._adecide(required, hold=False))
+        return self._to_check(required, await self._adecide(required, hold=False, blocking=False))
 
     def require(self, amount: Amount) -> Check:
         """Like :meth:`check`, but raises :class:`InsufficientCredits` for a shortfall."""
@@ -191,6 +222,21 @@ class SpendGuard:
         if not outcome[0]:
             raise self._refusal(required, outcome)
         return self._to_check(required, outcome)
+
+    @property
+    def stats(self) -> Stats:
+        """A snapshot of this guard's counters."""
+        with self._lock:
+            decisions = self._hits + self._misses
+            return Stats(
+                decisions=decisions,
+                admitted=decisions - self._refused,
+                refused=self._refused,
+                cache_hits=self._hits,
+                lookups=self._lookups,
+                fallbacks=self._fallbacks,
+                errors=dict(self._errors),
+            )
 
     def balance(self) -> Decimal:
         """The account balance as this guard sees it: the cached snapshot minus spending
@@ -219,6 +265,26 @@ class SpendGuard:
         """Drop the cached balance of this account (for every guard on it)."""
         self._account.invalidate()
 
+    def session(
+        self, prices: RoutePrices | None = None, *, max_cost: Amount | None = None
+    ) -> GuardedSession:
+        """A ``requests.Session`` whose billable requests this guard prices and holds.
+
+        Shorthand for ``GuardedSession(guard, prices, max_cost=max_cost)``; see
+        :class:`~spendguard.GuardedAdapter` for the pricing rules.
+
+        Args:
+            prices: ``"METHOD /path"`` (or a glob, or a whole URL) to an amount, a callable
+                of the ``PreparedRequest``, or ``None`` for free.
+            max_cost: What to hold for a request whose price is dynamic.
+
+        Raises:
+            ConfigurationError: A price key or amount is malformed.
+        """
+        from ._session import GuardedSession
+
+        return GuardedSession(self, prices, max_cost=max_cost)
+
     def __repr__(self) -> str:
         budget = "None" if self.budget is None else repr(str(self.budget))
         return (
@@ -228,10 +294,12 @@ class SpendGuard:
 
     # -- decisions -------------------------------------------------------------------
 
-    def _decide(self, amount: Decimal, hold: bool) -> _Outcome:
+    def _decide(self, amount: Decimal, hold: bool, blocking: bool = True) -> _Outcome:
         cached = self._from_cache(amount, hold)
         if type(cached) is tuple:
-            return cached
+            if cached[0] and not self._listeners:
+                return cached
+            return self._conclude(amount, hold, blocking, cached)
         assert isinstance(cached, _Lookup)
         try:
             check = self._account.refresh(
@@ -239,14 +307,16 @@ class SpendGuard:
                 cached.seen,
                 self._clock,
             )
-        except BalanceUnavailable as exc:
-            return self._fallback(amount, hold, exc)
-        return self._after_lookup(amount, hold, check)
+        except ProviderError as exc:
+            return self._conclude(amount, hold, blocking, self._on_error(amount, hold, exc))
+        return self._conclude(amount, hold, blocking, self._after_lookup(amount, hold, check))
 
-    async def _adecide(self, amount: Decimal, hold: bool) -> _Outcome:
+    async def _adecide(self, amount: Decimal, hold: bool, blocking: bool = True) -> _Outcome:
         cached = self._from_cache(amount, hold)
         if type(cached) is tuple:
-            return cached
+            if cached[0] and not self._listeners:
+                return cached
+            return self._conclude(amount, hold, blocking, cached)
         assert isinstance(cached, _Lookup)
         # The lookup (and its single-flight wait) blocks, so it runs in a worker thread;
         # the hold itself is taken back on the event loop, so a cancelled task holds nothing.
@@ -257,9 +327,9 @@ class SpendGuard:
                 cached.seen,
                 self._clock,
             )
-        except BalanceUnavailable as exc:
-            return self._fallback(amount, hold, exc)
-        return self._after_lookup(amount, hold, check)
+        except ProviderError as exc:
+            return self._conclude(amount, hold, blocking, self._on_error(amount, hold, exc))
+        return self._conclude(amount, hold, blocking, self._after_lookup(amount, hold, check))
 
     def _from_cache(self, amount: Decimal, hold: bool) -> _Outcome | _Lookup:
         """Decide from a fresh snapshot, or say what a lookup must ask beyond ``amount``."""
@@ -267,10 +337,6 @@ class SpendGuard:
         account = self._account
         with self._lock:
             fetched_at = account.fetched_at
-            if self.budget is not None:
-                left = self.budget - self._spent - self._held
-                if left < amount:
-                    return (False, left, "cache", "budget")
             if fetched_at is not None and now - fetched_at <= self.ttl:
                 available = account.balance - account.spent - account.held - self.floor  # type: ignore[operator]
                 if self.budget is not None:
@@ -279,38 +345,124 @@ class SpendGuard:
                     if hold:
                         account.held += amount
                         self._held += amount
-                    return (True, available, "cache", None)
+                    self._hits += 1
+                    return (True, available, "cache", now - fetched_at, True, None)
+                if self.budget is not None and self.budget - self._spent - self._held < amount:
+                    self._hits += 1
+                    return (False, available, "cache", now - fetched_at, False, "budget")
                 if now - fetched_at < self.refresh_interval:
-                    return (False, available, "cache", None)
+                    self._hits += 1
+                    return (False, available, "cache", now - fetched_at, False, None)
+            elif self.budget is not None and self.budget - self._spent - self._held < amount:
+                self._hits += 1
+                left = self.budget - self._spent - self._held
+                return (False, left, "cache", None, False, "budget")
+            self._misses += 1
             return _Lookup(account.lookups, account.held + self.floor)
 
     def _after_lookup(self, amount: Decimal, hold: bool, check: Check | None) -> _Outcome:
         with self._lock:
+            if check is not None:
+                self._lookups += 1
             available = self._available_locked()
+            age = self._age_locked()
             if available >= amount and (check is None or check.sufficient):
                 if hold:
                     self._account.held += amount
                     self._held += amount
-                return (True, available, "remote", None)
-        reason = None if available < amount else "the provider reported the balance insufficient"
-        return (False, available, "remote", reason)
+                return (True, available, "remote", age, True, None)
+        note = None if available < amount else "remote"
+        return (False, available, "remote", age, False, note)
 
-    def _fallback(self, amount: Decimal, hold: bool, exc: BalanceUnavailable) -> _Outcome:
-        if self.on_unavailable == "raise":
-            raise exc
+    def _on_error(self, amount: Decimal, hold: bool, exc: ProviderError) -> _Outcome:
+        """Apply the failure policy (and shadow mode) to a lookup that failed."""
+        policy = self.on_unavailable
+        transient = isinstance(exc, BalanceUnavailable)
+        kind = type(exc).__name__
         with self._lock:
+            self._lookups += 1
+            self._errors[kind] = self._errors.get(kind, 0) + 1
+            age = self._age_locked()
             known = self._account.balance is not None
             available = self._available_locked() if known else _ZERO
+            if transient and policy == "stale" and age is not None and age <= self.max_stale:
+                self._fallbacks += 1
+                admitted = available >= amount
+                if admitted and hold:
+                    self._account.held += amount
+                    self._held += amount
+                return (admitted, available, "fallback", age, admitted, kind)
+            if not ((transient and policy == "allow") or not self.enforce):
+                raise exc
+            self._fallbacks += 1
             if hold:
                 self._account.held += amount
                 self._held += amount
         log.warning(
-            "%s: balance unavailable (%s); letting a call of %s through (on_unavailable='allow')",
-            self._name,
+            "%s: balance unavailable (%s); letting %s through (%s)",
+            self.name,
             exc.message,
             format_amount(amount, self._unit),
+            "on_unavailable='allow'" if transient and policy == "allow" else "enforce=False",
         )
-        return (True, available, "fallback", None)
+        return (True, available, "fallback", age, None, kind)
+
+    def _conclude(self, amount: Decimal, hold: bool, blocking: bool, outcome: _Outcome) -> _Outcome:
+        """Count and report a decision; in shadow mode turn a refusal into a pass."""
+        admitted, available, source, age, sufficient, note = outcome
+        if not admitted:
+            shortfall = format_amount(amount - available, self._unit, bare=True)
+            with self._lock:
+                self._refused += 1
+                if blocking and not self.enforce and hold:
+                    self._account.held += amount
+                    self._held += amount
+            if blocking and not self.enforce:
+                log.warning(
+                    "%s: would refuse %s (short by %s) but enforce=False; letting it through",
+                    self.name,
+                    format_amount(amount, self._unit),
+                    shortfall,
+                )
+                outcome = (True, available, source, age, sufficient, "shadow")
+            else:
+                log.info(
+                    "%s: refused %s, %s available, short by %s [%s]",
+                    self.name,
+                    format_amount(amount, self._unit),
+                    format_amount(available, self._unit, bare=True),
+                    shortfall,
+                    note or source,
+                )
+        elif log.isEnabledFor(_DEBUG):
+            log.debug(
+                "%s: admitted %s from %s (%s available)",
+                self.name,
+                format_amount(amount, self._unit),
+                source,
+                format_amount(available, self._unit, bare=True),
+            )
+        if self._listeners:
+            notify(self._listeners, self._decision(amount, outcome))
+        return outcome
+
+    def _decision(self, amount: Decimal, outcome: _Outcome) -> Decision:
+        admitted, available, source, age, sufficient, note = outcome
+        shortfall = max(amount - available, _ZERO) if sufficient is False else _ZERO
+        return Decision(
+            allowed=admitted,
+            sufficient=sufficient,
+            required=amount,
+            available=available,
+            shortfall=shortfall,
+            source=source,
+            age=age,
+            provider=self._name,
+            guard=self.name,
+            unit=self._unit,
+            enforced=note != "shadow",
+            error=note if source == "fallback" else None,
+        )
 
     def _available_locked(self) -> Decimal:
         account = self._account
@@ -319,6 +471,10 @@ class SpendGuard:
         if self.budget is not None:
             available = min(available, self.budget - self._spent - self._held)
         return available
+
+    def _age_locked(self) -> float | None:
+        balance_at = self._account.balance_at
+        return None if balance_at is None else max(self._clock() - balance_at, 0.0)
 
     def _balance_now(self) -> Decimal:
         with self._lock:
@@ -334,30 +490,36 @@ class SpendGuard:
                 return
             seen = account.lookups
             extra = account.held + self.floor
-        account.refresh(functools.partial(self._provider.check, extra), seen, self._clock)
+        check = account.refresh(functools.partial(self._provider.check, extra), seen, self._clock)
+        if check is not None:
+            with self._lock:
+                self._lookups += 1
+        if log.isEnabledFor(_DEBUG) and check is not None:
+            log.debug("%s: looked up %s", self.name, check)
 
     def _to_check(self, required: Decimal, outcome: _Outcome) -> Check:
-        admitted, available, source, _ = outcome
-        if source == "fallback":
-            return Check(True, required, available, _ZERO, self._unit, source)
-        shortfall = required - available
-        if admitted or shortfall <= 0:
-            return Check(admitted, required, available, max(shortfall, _ZERO), self._unit, source)
-        return Check(False, required, available, shortfall, self._unit, source)
+        _, available, source, age, sufficient, _ = outcome
+        if sufficient is None:
+            return Check(True, required, available, _ZERO, self._unit, source, age)
+        if sufficient:
+            return Check(True, required, available, _ZERO, self._unit, source, age)
+        shortfall = max(required - available, _ZERO)
+        return Check(False, required, available, shortfall, self._unit, source, age)
 
     def _refusal(self, amount: Decimal, outcome: _Outcome) -> InsufficientCredits:
-        _, available, source, reason = outcome
-        if reason == "budget":
+        note = outcome[5]
+        reason = None
+        if note == "budget":
             reason = f"budget of {format_amount(self.budget or _ZERO, self._unit)} for this guard"
-        error = InsufficientCredits(
+        elif note == "remote":
+            reason = "the provider reported the balance insufficient"
+        return InsufficientCredits(
             required=amount,
-            available=available,
+            available=outcome[1],
             unit=self._unit,
             provider=self._name,
             reason=reason,
         )
-        log.info("refused: %s [%s]", error, source)
-        return error
 
     # -- holds -----------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ import requests
 from ._check import Check
 from ._errors import ProviderError
 from ._money import Amount, parse_number, to_amount
+from ._http import DEFAULT_RETRIES
 from ._provider import HTTPProvider
 
 _SUCCESS_ERRORS = (None, "", "OK")
@@ -20,9 +21,12 @@ class Hyper3D(HTTPProvider):
     Args:
         api_key: The key; defaults to ``HYPER3D_API_KEY``, then ``RODIN_API_KEY``.
         base_url: Defaults to ``SPENDGUARD_HYPER3D_URL``, else ``https://api.hyper3d.com``.
-        timeout: Seconds for each HTTP request.
+        timeout: Seconds for each HTTP request (connect and read, each attempt).
         session: A ``requests.Session`` to use as is; by default one with retries for
             lookups is created.
+        retries: Retries after a connection error, timeout, 429 or 5xx, with exponential
+            backoff and jitter, honouring ``Retry-After`` up to 10 s. A lookup therefore
+            takes at most about ``timeout × (retries + 1)`` plus the backoff.
 
     Raises:
         ConfigurationError: No key, or an unsafe base URL.
@@ -41,8 +45,11 @@ class Hyper3D(HTTPProvider):
         base_url: str | None = None,
         timeout: float = 10.0,
         session: requests.Session | None = None,
+        retries: int = DEFAULT_RETRIES,
     ) -> None:
-        super().__init__(api_key, base_url=base_url, timeout=timeout, session=session)
+        super().__init__(
+            api_key, base_url=base_url, timeout=timeout, session=session, retries=retries
+        )
 
     def fetch_balance(self) -> Decimal:
         """``GET /api/v2/check_balance``: the balance in credits, exactly (``12.5`` stays 12.5).

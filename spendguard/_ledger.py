@@ -17,9 +17,10 @@ Clock = Callable[[], float]
 class Account:
     """One account's state in this process, shared by every guard on it.
 
-    ``balance`` is the last looked-up balance, taken at ``fetched_at`` (``None``: never
-    looked up, or invalidated). ``spent`` is what guarded calls spent since that lookup
-    began and ``held`` what calls in flight hold. Read and write these under ``lock``.
+    ``balance`` is the last looked-up balance, taken at ``balance_at``; ``fetched_at`` is
+    the same time while the snapshot may be trusted, ``None`` once invalidated. ``spent``
+    is what guarded calls spent since that lookup began and ``held`` what calls in flight
+    hold. Read and write these under ``lock``.
     ``lookups`` counts finished lookups; it lets a thread that waited for someone else's
     lookup use that answer instead of making its own (single-flight).
     """
@@ -28,6 +29,7 @@ class Account:
         "__weakref__",
         "account_id",
         "balance",
+        "balance_at",
         "failure",
         "fetched_at",
         "held",
@@ -43,6 +45,7 @@ class Account:
         self.refresh_lock = threading.Lock()
         self.balance: Decimal | None = None
         self.fetched_at: float | None = None
+        self.balance_at: float | None = None
         self.spent = Decimal(0)
         self.held = Decimal(0)
         self.lookups = 0
@@ -75,7 +78,7 @@ class Account:
                 raise
             with self.lock:
                 self.balance = result.available
-                self.fetched_at = started
+                self.fetched_at = self.balance_at = started
                 self.spent -= spent_before
                 self.lookups += 1
                 self.failure = None

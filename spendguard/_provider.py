@@ -10,7 +10,15 @@ from typing import Any, Protocol, runtime_checkable
 import requests
 
 from ._check import Check
-from ._http import build_session, redact, request_json, resolve_base_url, resolve_key
+from ._errors import ConfigurationError
+from ._http import (
+    DEFAULT_RETRIES,
+    build_session,
+    redact,
+    request_json,
+    resolve_base_url,
+    resolve_key,
+)
 from ._money import Amount
 
 
@@ -77,14 +85,18 @@ class HTTPProvider:
         base_url: str | None = None,
         timeout: float = 10.0,
         session: requests.Session | None = None,
+        retries: int = DEFAULT_RETRIES,
     ) -> None:
-        if not timeout > 0:
-            raise ValueError(f"timeout must be positive, got {timeout!r}")
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
+            raise ConfigurationError(f"timeout must be a positive number, got {timeout!r}")
+        if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries <= 10:
+            raise ConfigurationError(f"retries must be an int from 0 to 10, got {retries!r}")
         self._key = resolve_key(api_key, self._key_vars, self.name)
         self.base_url = resolve_base_url(base_url, self._url_var, self._default_url, self.name)
         self.timeout = float(timeout)
         self._owns_session = session is None
-        self._session = build_session() if session is None else session
+        self.retries = retries
+        self._session = build_session(retries) if session is None else session
         self._lock = threading.Lock()
         digest = hashlib.sha256(self._key.encode()).hexdigest()[:16]
         self._account_id = f"{self.name}:{self.base_url}:{digest}"

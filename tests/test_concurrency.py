@@ -26,7 +26,7 @@ def _burst(n: int, fn: object) -> list[object]:
         barrier.wait()
         try:
             return fn()  # type: ignore[operator]
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             return exc
 
     with ThreadPoolExecutor(n) as pool:

@@ -29,7 +29,9 @@ def test_to_amount_accepts_numbers(value: object, expected: Decimal) -> None:
     assert str(to_amount(0.1)) == "0.1"
 
 
-@pytest.mark.parametrize("value", [-1, "-0.01", Decimal("-5"), float("nan"), "NaN", "inf", "abc", ""])
+@pytest.mark.parametrize(
+    "value", [-1, "-0.01", Decimal("-5"), float("nan"), "NaN", "inf", "abc", ""]
+)
 def test_to_amount_rejects_bad_values(value: object) -> None:
     """Negative, NaN, infinite and non-numeric amounts are ValueErrors."""
     with pytest.raises(ValueError, match="amount"):
@@ -91,7 +93,9 @@ def test_parse_dollars_only_raises_value_error(text: str) -> None:
     assert result.is_finite()
 
 
-@given(st.one_of(st.none(), st.booleans(), st.text(max_size=5), st.floats(), st.lists(st.integers())))
+@given(
+    st.one_of(st.none(), st.booleans(), st.text(max_size=5), st.floats(), st.lists(st.integers()))
+)
 def test_parse_number_rejects_non_numbers(value: object) -> None:
     """JSON values that are not ints or Decimals are refused."""
     with pytest.raises(ValueError):  # noqa: PT011

@@ -43,12 +43,12 @@ def test_hyper3d_success_error_values(
     assert hyper3d.fetch_balance() == 3
 
 
-def test_hyper3d_error_string_is_provider_error(sim: ProviderSimulator, hyper3d: sg.Hyper3D) -> None:
+def test_hyper3d_error_string_is_provider_error(
+    sim: ProviderSimulator, hyper3d: sg.Hyper3D
+) -> None:
     """Any other error string with a 2xx is a ProviderError carrying the message."""
-    sim.fail(
-        H3D_BALANCE, status=201, body={"error": "NO_SUBSCRIPTION", "message": "Plan expired"}
-    )
-    with pytest.raises(sg.ProviderError, match="NO_SUBSCRIPTION.*Plan expired") as info:
+    sim.fail(H3D_BALANCE, status=201, body={"error": "NO_SUBSCRIPTION", "message": "Plan expired"})
+    with pytest.raises(sg.ProviderError, match=r"NO_SUBSCRIPTION.*Plan expired") as info:
         hyper3d.fetch_balance()
     assert info.value.code == "NO_SUBSCRIPTION"
 
@@ -217,7 +217,10 @@ def test_retries_give_up(sim: ProviderSimulator, hyper3d: sg.Hyper3D) -> None:
 def test_html_from_a_proxy(sim: ProviderSimulator, orthogonal: sg.Orthogonal) -> None:
     """A 200 HTML page is a ProviderError that says it was not JSON."""
     sim.fail(
-        BALANCE, status=200, body="<html><body>Login</body></html>", headers={"Content-Type": "text/html"}
+        BALANCE,
+        status=200,
+        body="<html><body>Login</body></html>",
+        headers={"Content-Type": "text/html"},
     )
     with pytest.raises(sg.ProviderError, match="not JSON \\(text/html\\)"):
         orthogonal.fetch_balance()
@@ -226,7 +229,7 @@ def test_html_from_a_proxy(sim: ProviderSimulator, orthogonal: sg.Orthogonal) ->
 def test_502_html_is_unavailable(sim: ProviderSimulator, orthogonal: sg.Orthogonal) -> None:
     """A 502 HTML page (after retries) is BalanceUnavailable with a readable snippet."""
     sim.fail(BALANCE, status=502, body="<html>Bad Gateway</html>", times=5)
-    with pytest.raises(sg.BalanceUnavailable, match="HTTP 502.*Bad Gateway"):
+    with pytest.raises(sg.BalanceUnavailable, match=r"HTTP 502.*Bad Gateway"):
         orthogonal.fetch_balance()
 
 
@@ -339,9 +342,7 @@ def test_bad_keys_are_refused(key: str) -> None:
         sg.Orthogonal(key)
 
 
-def test_keys_never_leak(
-    sim: ProviderSimulator, spendguard_logs: pytest.LogCaptureFixture
-) -> None:
+def test_keys_never_leak(sim: ProviderSimulator, spendguard_logs: pytest.LogCaptureFixture) -> None:
     """The key is absent from reprs, error messages and log lines, even when echoed back."""
     sim.api_key = "orth_live_SECRETSECRETSECRET"
     provider = sg.Orthogonal("orth_live_SECRETSECRETSECRET", base_url=sim.url)
