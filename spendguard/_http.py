@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 import os
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from decimal import Decimal
@@ -13,6 +15,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import requests
+import urllib3
 from requests.adapters import HTTPAdapter
 from urllib3.util import Retry
 
@@ -152,6 +155,16 @@ def translate_errors(provider: str) -> Iterator[None]:
         raise ProviderError(
             f"the request failed ({type(exc).__name__})", provider=provider
         ) from exc
+    # Reading a streamed body raises urllib3's own errors, not requests' wrappers.
+    except urllib3.exceptions.TimeoutError as exc:
+        raise BalanceUnavailable("the request timed out", provider=provider) from exc
+    except urllib3.exceptions.ProtocolError as exc:
+        message = f"the connection broke during the answer ({_root_cause(exc)})"
+        raise BalanceUnavailable(message, provider=provider) from exc
+    except urllib3.exceptions.HTTPError as exc:
+        raise ProviderError(
+            f"the answer could not be read ({type(exc).__name__})", provider=provider
+        ) from exc
 
 
 def request_json(
@@ -168,7 +181,8 @@ def request_json(
 
     Raises:
         AuthenticationError: 401 or 403.
-        BalanceUnavailable: timeout, connection error, 429 or 5xx (after the session's retries).
+        BalanceUnavailable: timeout, connection error, 429 or 5xx (after the session's retries),
+            a body that breaks off or takes longer than ``timeout`` to arrive.
         ProviderError: any other non-2xx status, a redirect, an oversized or non-JSON body.
     """
     with translate_errors(provider):
@@ -183,11 +197,13 @@ def request_json(
             stream=True,
         )
         try:
-            raw = _read_capped(response, provider)
+            raw = _read_capped(response, provider, timeout)
         finally:
             response.close()
     status = response.status_code
-    body = _decode(raw)
+    # Whatever the provider echoes back, the key goes no further than this line.
+    raw = _scrub_bytes(raw, key)
+    body = _decode(raw, key)
     if 200 <= status < 300:
         if body is _NOT_JSON:
             raise ProviderError(
@@ -213,12 +229,27 @@ def request_json(
 
 
 _NOT_JSON: Any = object()
+_SCRUB_MIN = 8
 
 
-def _read_capped(response: requests.Response, provider: str) -> bytes:
+def _read_capped(response: requests.Response, provider: str, timeout: float) -> bytes:
+    """The body, at most ``MAX_BODY_BYTES`` of it, arriving within ``timeout`` seconds.
+
+    The socket timeout bounds each read, not the whole body: a server sending one byte
+    per read timeout would hold the caller for as long as it likes. So the body is read
+    with ``read1`` (returns what has arrived) against a deadline.
+    """
+    raw = response.raw
+    read1 = getattr(raw, "read1", None)
+    chunks_in: Iterator[bytes] = (
+        iter(functools.partial(read1, 65536, decode_content=True), b"")
+        if read1 is not None
+        else response.iter_content(chunk_size=65536)
+    )
+    deadline = time.monotonic() + timeout
     chunks: list[bytes] = []
     size = 0
-    for chunk in response.iter_content(chunk_size=65536):
+    for chunk in chunks_in:
         size += len(chunk)
         if size > MAX_BODY_BYTES:
             raise ProviderError(
@@ -227,16 +258,42 @@ def _read_capped(response: requests.Response, provider: str) -> bytes:
                 status=response.status_code,
             )
         chunks.append(chunk)
+        if time.monotonic() > deadline and not getattr(raw, "closed", True):
+            raise BalanceUnavailable(
+                f"the answer took longer than {timeout:g} s to arrive",
+                provider=provider,
+                status=response.status_code,
+            )
     return b"".join(chunks)
 
 
-def _decode(raw: bytes) -> Any:
+def _decode(raw: bytes, key: str = "") -> Any:
+    """JSON with exact numbers, or ``_NOT_JSON``; strings that hid ``key`` in escapes are
+    scrubbed too (``raw`` itself is expected to be scrubbed already)."""
     if not raw.strip():
         return _NOT_JSON
     try:
-        return json.loads(raw, parse_float=Decimal, parse_constant=_reject_constant)
+        body = json.loads(raw, parse_float=Decimal, parse_constant=_reject_constant)
+        if len(key) >= _SCRUB_MIN and b"\\" in raw:
+            body = _scrub_json(body, key)
+        return body
     except (ValueError, RecursionError):
         return _NOT_JSON
+
+
+def _scrub_bytes(raw: bytes, key: str) -> bytes:
+    # A "key" of a few characters could be innocent text in a body, such as a balance.
+    return raw.replace(key.encode(), redact(key).encode()) if len(key) >= _SCRUB_MIN else raw
+
+
+def _scrub_json(value: Any, key: str) -> Any:
+    if isinstance(value, str):
+        return _scrub(value, key)
+    if isinstance(value, list):
+        return [_scrub_json(item, key) for item in value]
+    if isinstance(value, dict):
+        return {_scrub(k, key): _scrub_json(v, key) for k, v in value.items()}
+    return value
 
 
 def _reject_constant(name: str) -> Any:

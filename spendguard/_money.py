@@ -8,18 +8,14 @@ from decimal import ROUND_CEILING, Decimal, InvalidOperation
 #: Larger magnitudes are not balances but garbage (or an attempt to overflow arithmetic).
 MAX_MAGNITUDE = Decimal(10) ** 15
 
-_DOLLARS = re.compile(
-    r"""
-    \s*
-    (?P<sign1>-)?\s*
-    \$?\s*
-    (?P<sign2>-)?
-    (?P<int>\d{1,3}(?:,\d{3})+|\d+)
-    (?P<frac>\.\d+)?
-    \s*
-    """,
-    re.VERBOSE,
-)
+#: Smaller non-zero magnitudes are not balances either; printed in full they run to
+#: megabytes (``1E-900000`` is a valid JSON number).
+MIN_MAGNITUDE = Decimal(10) ** -18
+
+# Only the digits are matched by a regular expression, and that one cannot backtrack far:
+# sign, dollar sign and spaces around them are peeled off by hand (adjacent optional
+# ``\s*`` groups made an earlier pattern take minutes on a few thousand spaces).
+_DIGITS = re.compile(r"(?P<int>\d{1,3}(?:,\d{3})+|\d+)(?P<frac>\.\d+)?")
 
 Amount = int | str | Decimal | float
 """What callers may pass as an amount: ``int``, ``Decimal``, a numeric ``str`` or ``float``."""
@@ -60,14 +56,23 @@ def parse_dollars(text: str) -> Decimal:
     Raises:
         ValueError: ``text`` is not a dollar amount.
     """
-    match = _DOLLARS.fullmatch(text)
-    if match is None or (match["sign1"] and match["sign2"]):
-        raise ValueError(f"not a dollar amount: {text!r}")
-    digits = match["int"].replace(",", "") + (match["frac"] or "")
-    value = Decimal(digits)
+    rest = text.strip()
+    negative = rest.startswith("-")
+    if negative:
+        rest = rest[1:].lstrip()
+    if rest.startswith("$"):
+        rest = rest[1:].lstrip()
+        if rest.startswith("-") and not negative:
+            negative, rest = True, rest[1:]
+    match = _DIGITS.fullmatch(rest)
+    if match is None:
+        raise ValueError(f"not a dollar amount: {_shorten(text)}")
+    value = Decimal(match["int"].replace(",", "") + (match["frac"] or ""))
     if value > MAX_MAGNITUDE:
-        raise ValueError(f"implausibly large amount: {text!r}")
-    return -value if (match["sign1"] or match["sign2"]) and value else value
+        raise ValueError(f"implausibly large amount: {_shorten(text)}")
+    if value and value < MIN_MAGNITUDE:
+        raise ValueError(f"implausibly small amount: {_shorten(text)}")
+    return -value if negative and value else value
 
 
 def parse_number(value: object) -> Decimal:
@@ -79,8 +84,8 @@ def parse_number(value: object) -> Decimal:
     if isinstance(value, bool) or not isinstance(value, int | Decimal):
         raise ValueError(f"expected a number, got {_describe(value)}")
     result = Decimal(value)
-    if not result.is_finite() or abs(result) > MAX_MAGNITUDE:
-        raise ValueError(f"implausible number: {value!r}")
+    if not result.is_finite() or abs(result) > MAX_MAGNITUDE or 0 < abs(result) < MIN_MAGNITUDE:
+        raise ValueError(f"implausible number: {_shorten(str(result))}")
     return result + 0
 
 
@@ -90,7 +95,7 @@ def ceil_int(value: Decimal) -> int:
 
 
 def format_amount(value: Decimal, unit: str, *, bare: bool = False) -> str:
-    """Render an amount for people: ``$0.10`` for USD, ``1.5 credits`` otherwise.
+    """Render an amount for people: ``$0.10`` for USD, ``1.5 credits`` or ``1 credit``.
 
     ``bare`` leaves out a unit name (not the dollar sign), for the second and later
     amounts of a sentence: "need 2 credits, 1.5 available".
@@ -100,7 +105,11 @@ def format_amount(value: Decimal, unit: str, *, bare: bool = False) -> str:
         whole, _, frac = text.partition(".")
         text = f"{whole}.{frac.ljust(2, '0')}"
         return f"-${text}" if value < 0 else f"${text}"
-    return _plain(value) if bare else f"{_plain(value)} {unit}"
+    if bare:
+        return _plain(value)
+    if value == 1 and unit.endswith("s"):
+        unit = unit[:-1]
+    return f"{_plain(value)} {unit}"
 
 
 def _plain(value: Decimal) -> str:
@@ -109,11 +118,16 @@ def _plain(value: Decimal) -> str:
     return "0" if text in ("-0", "0") else text
 
 
+def _shorten(text: str) -> str:
+    """``repr`` of at most the first 40 characters: messages stay one line long."""
+    return repr(text[:40]) + ("…" if len(text) > 40 else "")
+
+
 def _describe(value: object) -> str:
     if value is None:
         return "null"
     if isinstance(value, bool):
         return "a boolean"
     if isinstance(value, str):
-        return f"a string {value[:40]!r}"
+        return f"a string {_shorten(value)}"
     return f"a {type(value).__name__}"
