@@ -6,6 +6,7 @@
 ... def generate(prompt): ...
 """
 
+from ._batch import AsyncBatch, Batch, Forecast, ItemCost, MapResult, Refusal
 from ._check import Check, Source
 from ._decision import Decision, Listener, Stats
 from ._errors import (
@@ -13,34 +14,48 @@ from ._errors import (
     BalanceUnavailable,
     ConfigurationError,
     InsufficientCredits,
+    LedgerError,
     ProviderError,
     SpendGuardError,
 )
 from ._guard import Cost, OnUnavailable, Spend, SpendGuard
 from ._hold import Hold, HoldState
 from ._hyper3d import Hyper3D
+from ._ledger import Admission, Ledger
 from ._money import Amount
 from ._orthogonal import Orthogonal
 from ._provider import Provider
+from ._session import GuardedAdapter, GuardedSession
 from ._version import __version__
 
 __all__ = [
+    "Admission",
     "Amount",
+    "AsyncBatch",
     "AuthenticationError",
     "BalanceUnavailable",
+    "Batch",
     "Check",
     "ConfigurationError",
     "Cost",
     "Decision",
+    "Forecast",
+    "GuardedAdapter",
+    "GuardedSession",
     "Hold",
     "HoldState",
     "Hyper3D",
     "InsufficientCredits",
+    "ItemCost",
+    "Ledger",
+    "LedgerError",
     "Listener",
+    "MapResult",
     "OnUnavailable",
     "Orthogonal",
     "Provider",
     "ProviderError",
+    "Refusal",
     "Source",
     "Spend",
     "SpendGuard",

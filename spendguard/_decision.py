@@ -57,7 +57,8 @@ class Stats:
     """A snapshot of a guard's counters since it was created.
 
     Attributes:
-        decisions: Every decision made (guarded calls, ``spend``, ``check``, ``require``).
+        decisions: Every decision made (guarded calls, ``spend``, ``check``, ``require``,
+            batches and forecasts).
         admitted: Decisions that let the work through.
         refused: Decisions that did not (in shadow mode: that would not have).
         cache_hits: Decisions made from a fresh snapshot, without any request.

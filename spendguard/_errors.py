@@ -7,6 +7,7 @@ The tree::
     ├── ProviderError                the provider's answer could not be used
     │   ├── AuthenticationError      401 / 403: the key is wrong or lacks access
     │   └── BalanceUnavailable       timeout, connection error, 429 or 5xx after retries
+    ├── LedgerError                  the shared ledger (Redis) is down, slow or lost its state
     └── ConfigurationError           (also a ValueError) a missing key, a bad URL, a bad option
 
 Every exception carries its data as attributes and builds its own message; none of them
@@ -25,6 +26,7 @@ __all__ = [
     "BalanceUnavailable",
     "ConfigurationError",
     "InsufficientCredits",
+    "LedgerError",
     "ProviderError",
     "SpendGuardError",
 ]
@@ -45,6 +47,7 @@ class InsufficientCredits(SpendGuardError):
         unit: ``"USD"`` or ``"credits"`` (or a custom provider's unit).
         provider: The provider's name, e.g. ``"hyper3d"``.
         reason: Why, when it is not simply the balance (e.g. the guard's budget).
+        affordable: For a batch, how many of its first items would fit; ``None`` otherwise.
     """
 
     def __init__(
@@ -55,6 +58,7 @@ class InsufficientCredits(SpendGuardError):
         unit: str,
         provider: str,
         reason: str | None = None,
+        affordable: int | None = None,
     ) -> None:
         self.required = required
         self.available = available
@@ -62,6 +66,7 @@ class InsufficientCredits(SpendGuardError):
         self.unit = unit
         self.provider = provider
         self.reason = reason
+        self.affordable = affordable
         message = (
             f"{provider}: need {format_amount(required, unit)}, "
             f"{format_amount(available, unit, bare=True)} available, "
@@ -69,6 +74,8 @@ class InsufficientCredits(SpendGuardError):
         )
         if reason:
             message = f"{message} ({reason})"
+        if affordable is not None:
+            message = f"{message}; {_fitting(affordable)}"
         super().__init__(message)
 
     def __reduce__(self) -> tuple[Any, ...]:
@@ -82,6 +89,7 @@ class InsufficientCredits(SpendGuardError):
                     "unit": self.unit,
                     "provider": self.provider,
                     "reason": self.reason,
+                    "affordable": self.affordable,
                 },
             ),
         )
@@ -129,8 +137,45 @@ class BalanceUnavailable(ProviderError):
     """The balance could not be had: timeout, connection error, 429 or 5xx after retries."""
 
 
+class LedgerError(SpendGuardError):
+    """The shared ledger could not be used: Redis is down or slow, or lost its state.
+
+    The call was not started (unless the ledger's ``on_ledger_error="local"`` let this
+    process decide on its own).
+
+    Attributes:
+        message: What went wrong.
+        ledger: The ledger, described without any password (e.g. ``redis://host:6379/0``).
+        retry_after: Seconds after which the ledger expects to admit again, when known
+            (while it recovers from lost state); ``None`` otherwise.
+    """
+
+    def __init__(self, message: str, *, ledger: str, retry_after: float | None = None) -> None:
+        self.message = message
+        self.ledger = ledger
+        self.retry_after = retry_after
+        text = f"{ledger}: {message}"
+        if retry_after is not None:
+            text = f"{text} (retry in {retry_after:.1f} s)"
+        super().__init__(text)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (
+            _rebuild_ledger_error,
+            (type(self), self.message, {"ledger": self.ledger, "retry_after": self.retry_after}),
+        )
+
+
 class ConfigurationError(SpendGuardError, ValueError):
     """spendguard was set up wrongly: a missing key, an unsafe URL, a bad option."""
+
+
+def _fitting(affordable: int) -> str:
+    if affordable == 0:
+        return "not even the first item fits"
+    if affordable == 1:
+        return "only the first item fits"
+    return f"only the first {affordable} items fit"
 
 
 def _rebuild(cls: type[InsufficientCredits], kwargs: dict[str, Any]) -> InsufficientCredits:
@@ -140,4 +185,10 @@ def _rebuild(cls: type[InsufficientCredits], kwargs: dict[str, Any]) -> Insuffic
 def _rebuild_provider_error(
     cls: type[ProviderError], message: str, kwargs: dict[str, Any]
 ) -> ProviderError:
+    return cls(message, **kwargs)
+
+
+def _rebuild_ledger_error(
+    cls: type[LedgerError], message: str, kwargs: dict[str, Any]
+) -> LedgerError:
     return cls(message, **kwargs)

@@ -7,13 +7,15 @@ import functools
 import inspect
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterable, Awaitable, Callable, Iterable
 from decimal import Decimal
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
 import wrapt
 
+from . import _batch
+from ._batch import AsyncBatch, Batch, Forecast, ItemCost, MapResult
 from ._check import Check, Source
 from ._decision import Decision, Listener, Stats, listeners_of, notify
 from ._errors import BalanceUnavailable, ConfigurationError, InsufficientCredits, ProviderError
@@ -23,12 +25,16 @@ from ._money import Amount, format_amount, to_amount
 from ._provider import Provider
 
 if TYPE_CHECKING:
+    from ._ledger import Ledger
     from ._session import GuardedSession, RoutePrices
+    from ._shared import SharedAccount
 
 log = logging.getLogger("spendguard")
 
 OnUnavailable = Literal["raise", "allow", "stale"]
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
+R = TypeVar("R")
 Cost = Amount | Callable[..., Amount]
 """A fixed amount, or a callable receiving the guarded function's arguments and returning one."""
 
@@ -70,6 +76,13 @@ class SpendGuard:
         on_decision: A callable, or several, receiving a :class:`Decision` after every
             decision. Exceptions they raise are logged, never propagated.
         name: The guard's name in logs and decisions; the provider's name by default.
+        hold_ttl: Seconds after which a hold nobody ended (its owner vanished) expires:
+            it stops blocking other calls and a WARNING names it. A batch renews its hold
+            with every item done. ``None``: holds never expire.
+        ledger: A shared :class:`Ledger`, such as :class:`spendguard.redis.RedisLedger`,
+            where guards in many processes keep one account's snapshot, spending and
+            holds, so that together they never admit more than it holds. ``None``
+            (default): this process's own ledger. Budget and floor stay per guard.
 
     Raises:
         ConfigurationError: An option is out of range.
@@ -89,6 +102,8 @@ class SpendGuard:
         enforce: bool = True,
         on_decision: Listener | Iterable[Listener] | None = None,
         name: str | None = None,
+        hold_ttl: float | None = 300.0,
+        ledger: Ledger | None = None,
     ) -> None:
         if not isinstance(provider, Provider):
             raise TypeError(
@@ -108,6 +123,9 @@ class SpendGuard:
         self._listeners = listeners_of(on_decision)
         self.ttl = _seconds(ttl, "ttl")
         self.refresh_interval = _seconds(refresh_interval, "refresh_interval")
+        self.hold_ttl = None if hold_ttl is None else _seconds(hold_ttl, "hold_ttl")
+        if self.hold_ttl == 0:
+            raise ConfigurationError("hold_ttl must be positive, or None: holds never expire")
         self.floor = _option_amount(floor, "floor")
         self.budget = None if budget is None else _option_amount(budget, "budget")
         self.on_unavailable: OnUnavailable = on_unavailable
@@ -119,9 +137,15 @@ class SpendGuard:
         self._hits = 0
         self._misses = 0
         self._refused = 0
+        self._failed = 0
         self._lookups = 0
         self._fallbacks = 0
         self._errors: dict[str, int] = {}
+        self._shared: SharedAccount | None = None
+        if ledger is not None:
+            from ._shared import attach
+
+            self._shared = attach(self, ledger)
 
     # -- public API ------------------------------------------------------------------
 
@@ -182,16 +206,17 @@ class SpendGuard:
 
         return decorate
 
-    def spend(self, amount: Amount) -> Spend:
+    def spend(self, amount: Amount, *, label: str | None = None) -> Spend:
         """Hold ``amount`` around a block of work: ``with`` or ``async with``.
 
         Yields a :class:`Hold`. Leaving the block settles the hold in full unless it was
-        settled or released inside.
+        settled or released inside. ``label`` names the hold in :meth:`holds` and in the
+        warning if it expires.
 
         Raises:
             ValueError: ``amount`` is negative, NaN or infinite.
         """
-        return Spend(self, to_amount(amount))
+        return Spend(self, to_amount(amount), label)
 
     def check(self, amount: Amount) -> Check:
         """Whether ``amount`` can be spent now; never raises for a shortfall.
@@ -230,7 +255,7 @@ class SpendGuard:
             decisions = self._hits + self._misses
             return Stats(
                 decisions=decisions,
-                admitted=decisions - self._refused,
+                admitted=decisions - self._refused - self._failed,
                 refused=self._refused,
                 cache_hits=self._hits,
                 lookups=self._lookups,
@@ -241,28 +266,39 @@ class SpendGuard:
     def balance(self) -> Decimal:
         """The account balance as this guard sees it: the cached snapshot minus spending
         since, looked up when stale. Holds and the floor are not subtracted."""
+        if self._shared is not None and (shared := self._shared.balance()) is not None:
+            return shared
         self._ensure_fresh()
         return self._balance_now()
 
     async def abalance(self) -> Decimal:
         """:meth:`balance` for coroutines."""
+        if self._shared is not None and (shared := await self._shared.abalance()) is not None:
+            return shared
         await asyncio.to_thread(self._ensure_fresh)
         return self._balance_now()
 
     def available(self) -> Decimal:
         """What this guard could spend now: balance minus holds and floor, within budget."""
+        if self._shared is not None and (shared := self._shared.available()) is not None:
+            return shared
         self._ensure_fresh()
         with self._lock:
             return self._available_locked()
 
     async def aavailable(self) -> Decimal:
         """:meth:`available` for coroutines."""
+        if self._shared is not None and (shared := await self._shared.aavailable()) is not None:
+            return shared
         await asyncio.to_thread(self._ensure_fresh)
         with self._lock:
             return self._available_locked()
 
     def invalidate(self) -> None:
-        """Drop the cached balance of this account (for every guard on it)."""
+        """Drop the cached balance of this account (for every guard on it, and with a
+        shared ledger for every process)."""
+        if self._shared is not None:
+            self._shared.invalidate()
         self._account.invalidate()
 
     def session(
@@ -292,9 +328,151 @@ class SpendGuard:
             f"budget={budget}, on_unavailable={self.on_unavailable!r})"
         )
 
+    # -- batches ---------------------------------------------------------------------
+
+    def batch(
+        self,
+        items: Iterable[T],
+        cost: ItemCost[T],
+        *,
+        partial: bool = False,
+        progress: bool = False,
+        label: str | None = None,
+    ) -> Batch[T]:
+        """Hold what a whole batch costs before its first item, then hand the items out.
+
+        ``items`` is read into a list once, to price every item (``cost`` is called once
+        per item, in order). One decision then holds the total: at most one balance
+        lookup, however many items. Iterate the returned :class:`Batch` with ``for``;
+        each item counts as spent when the loop asks for the next one or the batch ends,
+        and items never reached are released (see :class:`Batch`).
+
+        Args:
+            items: The work, one item per paid call.
+            cost: What one item costs: a fixed amount, or a callable of the item.
+            partial: Hold and hand out the longest prefix that fits instead of refusing;
+                ``Batch.skipped`` lists the rest.
+            progress: Show a tqdm progress bar: items done, spent, still held, available.
+            label: Names the batch's hold in :meth:`holds`; "batch of N items" by default.
+
+        Raises:
+            InsufficientCredits: The total does not fit (``partial=False``); its
+                ``affordable`` says how many first items would. Nothing is held.
+            ProviderError: The balance cannot be had and the policy is ``"raise"``.
+            TypeError, ValueError: An item's cost is not a valid amount; ``items`` is an
+                async iterable (use :meth:`abatch`).
+            ImportError: ``progress=True`` without tqdm installed.
+        """
+        return _batch.start_batch(
+            self, items, cost, partial=partial, progress=progress, label=label
+        )
+
+    def abatch(
+        self,
+        items: Iterable[T] | AsyncIterable[T],
+        cost: ItemCost[T],
+        *,
+        partial: bool = False,
+        progress: bool = False,
+        label: str | None = None,
+    ) -> AsyncBatch[T]:
+        """:meth:`batch` for coroutines, over an iterable or an async iterable.
+
+        Nothing is read, priced or held until ``async with`` or the first step of
+        ``async for``; that step raises what :meth:`batch` raises. The lookup runs in a
+        worker thread.
+
+        Raises:
+            TypeError, ValueError: A fixed ``cost`` is not a valid amount.
+            ImportError: ``progress=True`` without tqdm installed.
+        """
+        return _batch.start_abatch(
+            self, items, cost, partial=partial, progress=progress, label=label
+        )
+
+    def forecast(self, items: Iterable[T], cost: ItemCost[T]) -> Forecast:
+        """Price a batch and say how much of it fits now, holding nothing.
+
+        A dry run to print before starting a job. It may look the balance up once.
+
+        Raises:
+            ProviderError: The balance cannot be had and the policy is ``"raise"``.
+            TypeError, ValueError: An item's cost is not a valid amount.
+        """
+        _, costs = _batch.price_all(items, cost)
+        total = sum(costs, _ZERO)
+        return _batch.forecast(self, costs, self._decide(total, hold=False, blocking=False))
+
+    async def aforecast(self, items: Iterable[T] | AsyncIterable[T], cost: ItemCost[T]) -> Forecast:
+        """:meth:`forecast` for coroutines, over an iterable or an async iterable."""
+        price = _batch.pricer(cost)
+        costs = [price(item) for item in await _batch.read_items(items)]
+        total = sum(costs, _ZERO)
+        outcome = await self._adecide(total, hold=False, blocking=False)
+        return _batch.forecast(self, costs, outcome)
+
+    def map(
+        self, fn: Callable[[T], R], items: Iterable[T], *, cost: ItemCost[T], workers: int = 8
+    ) -> MapResult[T, R]:
+        """Run ``fn`` over ``items`` in a thread pool, admitting only what the balance covers.
+
+        Items are admitted one at a time, in order, each holding its cost while it runs,
+        so no more run at once than ``workers`` and the balance allow. An item that does
+        not fit is not run and is reported in ``MapResult.refused``; later items are
+        still tried. ``items`` is read lazily.
+
+        Raises:
+            Exception: The first exception ``fn`` raised, in the items' order, once the
+                items already running have finished; no further item is started after it.
+            ProviderError: The balance cannot be had and the policy is ``"raise"``.
+            ConfigurationError: ``workers`` is not a positive integer.
+        """
+        return _batch.map_items(self, fn, items, cost, workers)
+
+    async def amap(
+        self,
+        fn: Callable[[T], Awaitable[R]],
+        items: Iterable[T] | AsyncIterable[T],
+        *,
+        cost: ItemCost[T],
+        workers: int = 8,
+    ) -> MapResult[T, R]:
+        """:meth:`map` for coroutine functions: at most ``workers`` tasks at once.
+
+        If ``amap`` itself is cancelled, the running tasks are cancelled too, and every
+        hold ends before the cancellation propagates.
+        """
+        return await _batch.amap_items(self, fn, items, cost, workers)
+
+    def holds(self) -> list[Hold]:
+        """The holds open now on this guard's account, oldest first, whichever guard took
+        them: for finding what a stuck pipeline is waiting on.
+
+        Expired holds are reported (a WARNING) and left out. Decorated calls hold credit
+        too, but are not listed: they always end when the call returns or raises.
+        """
+        self._expire_holds(self._clock())
+        with self._lock:
+            return list(self._account.holds)
+
+    def _expire_holds(self, now: float) -> None:
+        for hold, age in self._account.expire(now):
+            label = "" if hold.label is None else f" {hold.label!r}"
+            log.warning(
+                "%s: hold%s of %s expired after %.1fs without being settled or released; "
+                "it no longer blocks other calls (hold_ttl=%s)",
+                self.name,
+                label,
+                format_amount(hold.amount, self._unit),
+                age,
+                hold._ttl,
+            )
+
     # -- decisions -------------------------------------------------------------------
 
     def _decide(self, amount: Decimal, hold: bool, blocking: bool = True) -> _Outcome:
+        if self._shared is not None and (shared := self._shared.decide(amount, hold, blocking)):
+            return shared
         cached = self._from_cache(amount, hold)
         if type(cached) is tuple:
             if cached[0] and not self._listeners:
@@ -312,6 +490,10 @@ class SpendGuard:
         return self._conclude(amount, hold, blocking, self._after_lookup(amount, hold, check))
 
     async def _adecide(self, amount: Decimal, hold: bool, blocking: bool = True) -> _Outcome:
+        if self._shared is not None and (
+            shared := await self._shared.adecide(amount, hold, blocking)
+        ):
+            return shared
         cached = self._from_cache(amount, hold)
         if type(cached) is tuple:
             if cached[0] and not self._listeners:
@@ -335,6 +517,8 @@ class SpendGuard:
         """Decide from a fresh snapshot, or say what a lookup must ask beyond ``amount``."""
         now = self._clock()
         account = self._account
+        if now >= account.next_expiry:
+            self._expire_holds(now)
         with self._lock:
             fetched_at = account.fetched_at
             if fetched_at is not None and now - fetched_at <= self.ttl:
@@ -385,19 +569,30 @@ class SpendGuard:
             age = self._age_locked()
             known = self._account.balance is not None
             available = self._available_locked() if known else _ZERO
-            if transient and policy == "stale" and age is not None and age <= self.max_stale:
+            stale = transient and policy == "stale" and age is not None and age <= self.max_stale
+            if stale:
                 self._fallbacks += 1
                 admitted = available >= amount
                 if admitted and hold:
                     self._account.held += amount
                     self._held += amount
-                return (admitted, available, "fallback", age, admitted, kind)
-            if not ((transient and policy == "allow") or not self.enforce):
+            elif not ((transient and policy == "allow") or not self.enforce):
+                self._failed += 1
                 raise exc
-            self._fallbacks += 1
-            if hold:
-                self._account.held += amount
-                self._held += amount
+            else:
+                self._fallbacks += 1
+                if hold:
+                    self._account.held += amount
+                    self._held += amount
+        if stale:
+            log.warning(
+                "%s: balance unavailable (%s); deciding from the balance of %.1fs ago "
+                "(on_unavailable='stale')",
+                self.name,
+                exc.message,
+                age,
+            )
+            return (admitted, available, "fallback", age, admitted, kind)
         log.warning(
             "%s: balance unavailable (%s); letting %s through (%s)",
             self.name,
@@ -484,6 +679,8 @@ class SpendGuard:
     def _ensure_fresh(self) -> None:
         now = self._clock()
         account = self._account
+        if now >= account.next_expiry:
+            self._expire_holds(now)
         with self._lock:
             fetched_at = account.fetched_at
             if fetched_at is not None and now - fetched_at <= self.ttl:
@@ -525,6 +722,8 @@ class SpendGuard:
 
     def _finish(self, amount: Decimal, charged: Decimal | None) -> None:
         """End a hold of ``amount``: ``charged`` is spent, or ``None`` gives it all back."""
+        if self._shared is not None:
+            self._shared.finish(amount, charged)
         account = self._account
         with self._lock:
             account.held -= amount
@@ -534,16 +733,9 @@ class SpendGuard:
                 self._spent += charged
 
     def _end_hold(self, hold: Hold, charged: Decimal | None) -> None:
-        with self._lock:
-            if hold._state != "held":
-                return
-            hold._state = "settled" if charged is not None else "released"
-            hold._charged = charged or _ZERO
-            self._account.held -= hold.amount
-            self._held -= hold.amount
-            if charged is not None:
-                self._account.spent += charged
-                self._spent += charged
+        if self._shared is not None:
+            self._shared.end_hold(hold, charged)
+        hold._end(charged)
 
     def _after_call(self, exc: BaseException | None) -> None:
         if exc is not None and _payment_required(exc):
@@ -627,11 +819,12 @@ class _Lookup:
 class Spend:
     """The context manager returned by :meth:`SpendGuard.spend` (``with`` and ``async with``)."""
 
-    __slots__ = ("_guard", "_hold", "amount")
+    __slots__ = ("_guard", "_hold", "amount", "label")
 
-    def __init__(self, guard: SpendGuard, amount: Decimal) -> None:
+    def __init__(self, guard: SpendGuard, amount: Decimal, label: str | None = None) -> None:
         self._guard = guard
         self.amount = amount
+        self.label = label
         self._hold: Hold | None = None
 
     def __enter__(self) -> Hold:
@@ -640,7 +833,7 @@ class Spend:
         outcome = guard._decide(self.amount, hold=True)
         if not outcome[0]:
             raise guard._refusal(self.amount, outcome)
-        self._hold = Hold(guard, self.amount)
+        self._hold = Hold(guard, self.amount, label=self.label)
         return self._hold
 
     async def __aenter__(self) -> Hold:
@@ -649,7 +842,7 @@ class Spend:
         outcome = await guard._adecide(self.amount, hold=True)
         if not outcome[0]:
             raise guard._refusal(self.amount, outcome)
-        self._hold = Hold(guard, self.amount)
+        self._hold = Hold(guard, self.amount, label=self.label)
         return self._hold
 
     def __exit__(

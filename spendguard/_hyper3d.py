@@ -8,8 +8,8 @@ import requests
 
 from ._check import Check
 from ._errors import ProviderError
-from ._money import Amount, parse_number, to_amount
 from ._http import DEFAULT_RETRIES
+from ._money import Amount, parse_number, to_amount
 from ._provider import HTTPProvider
 
 _SUCCESS_ERRORS = (None, "", "OK")

@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import copy
+import math
 import threading
 import weakref
 from collections.abc import Callable
 from decimal import Decimal
+from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
-from ._check import Check
+import attrs
+
+from ._check import Check, Source
 from ._errors import ProviderError
+
+if TYPE_CHECKING:
+    from ._hold import Hold
 
 Clock = Callable[[], float]
 
@@ -23,6 +30,12 @@ class Account:
     hold. Read and write these under ``lock``.
     ``lookups`` counts finished lookups; it lets a thread that waited for someone else's
     lookup use that answer instead of making its own (single-flight).
+
+    ``holds`` are the :class:`Hold` objects open now, oldest first, and ``next_expiry``
+    is no later than the earliest time one of them may expire, so that a decision looks
+    for expired holds only when ``now >= next_expiry``. ``deferred`` collects endings
+    that a garbage-collection finalizer could not perform on the spot; setting
+    ``next_expiry`` to minus infinity makes the next decision perform them.
     """
 
     __slots__ = (
@@ -30,11 +43,14 @@ class Account:
         "account_id",
         "balance",
         "balance_at",
+        "deferred",
         "failure",
         "fetched_at",
         "held",
+        "holds",
         "lock",
         "lookups",
+        "next_expiry",
         "refresh_lock",
         "spent",
     )
@@ -50,6 +66,9 @@ class Account:
         self.held = Decimal(0)
         self.lookups = 0
         self.failure: tuple[int, ProviderError] | None = None
+        self.holds: dict[Hold, None] = {}
+        self.next_expiry = math.inf
+        self.deferred: list[Callable[[], None]] = []
 
     def refresh(self, lookup: Callable[[], Check], seen: int, clock: Clock) -> Check | None:
         """Run ``lookup`` unless another thread finished one since ``seen`` was read.
@@ -89,6 +108,52 @@ class Account:
         with self.lock:
             self.fetched_at = None
 
+    def add_hold(self, hold: Hold) -> None:
+        """List ``hold`` as open (its amount is already counted in ``held``)."""
+        with self.lock:
+            self.holds[hold] = None
+            self.next_expiry = min(self.next_expiry, hold.expires_at)
+
+    def defer(self, ending: Callable[[], None]) -> None:
+        """Have the next decision call ``ending``; never blocks, never takes ``lock``.
+
+        For finalizers run by the garbage collector, which may run in a thread that
+        already holds ``lock``.
+        """
+        self.deferred.append(ending)
+        self.next_expiry = -math.inf
+
+    def expire(self, now: float) -> list[tuple[Hold, float]]:
+        """Run deferred endings, then expire the holds due by ``now``.
+
+        Returns:
+            Each expired hold with its age in seconds, for the caller to report.
+        """
+        while True:
+            try:
+                ending = self.deferred.pop()
+            except IndexError:
+                break
+            ending()
+        expired: list[tuple[Hold, float]] = []
+        with self.lock:
+            if now < self.next_expiry:
+                return expired
+            next_expiry = math.inf
+            for hold in list(self.holds):
+                if hold.expires_at <= now:
+                    hold._expire_locked()
+                    del self.holds[hold]
+                    expired.append((hold, now - hold.created_at))
+                elif hold.expires_at < next_expiry:
+                    next_expiry = hold.expires_at
+            self.next_expiry = next_expiry
+            # A finalizer may have deferred an ending since the queue was emptied; its
+            # minus infinity must not be overwritten.
+            if self.deferred:
+                self.next_expiry = -math.inf
+        return expired
+
 
 class LocalLedger:
     """Hands out one :class:`Account` per account and clock, for as long as it is used."""
@@ -110,3 +175,101 @@ class LocalLedger:
 
 
 DEFAULT_LEDGER = LocalLedger()
+
+
+# -- shared ledgers: one account's state kept outside the process -------------------------
+
+
+@attrs.frozen
+class Admission:
+    """A shared ledger's answer to :meth:`Ledger.admit` and :meth:`Ledger.hold`.
+
+    Attributes:
+        admitted: Whether the amount fits; when a hold was asked for, it is now held.
+        available: Balance minus spending since, open holds (before this one) and the
+            floor, across every process; ``None`` when no usable balance is known.
+        held: What the open holds of every process add up to, this one included.
+        source: ``"cache"`` when decided from the fleet's snapshot as it stood,
+            ``"remote"`` when a lookup (by this process or another) came first.
+        age: Seconds since the balance behind the answer was looked up, on the ledger's
+            clock; ``None`` when none is known.
+        hold_id: The hold's name in the ledger, for :meth:`Ledger.end`.
+        check: The provider's answer, when this call made the lookup itself.
+    """
+
+    admitted: bool
+    available: Decimal | None
+    held: Decimal
+    source: Source
+    age: float | None
+    hold_id: str | None = None
+    check: Check | None = None
+
+
+@runtime_checkable
+class Ledger(Protocol):
+    """Where guards in many processes keep one account's state together.
+
+    Per account (the provider's ``account_id``): the balance snapshot and when it was
+    looked up, what was spent since, and the open holds with their expiry. Pass one to
+    ``SpendGuard(provider, ledger=...)``; :class:`spendguard.redis.RedisLedger` is the
+    bundled implementation. Without one, a guard keeps this state in its own process.
+
+    Each method is atomic across every process using the ledger; times come from the
+    ledger, not from the processes. Amounts are ``Decimal`` in the provider's unit.
+    Budgets and floors stay with each guard: the ledger only sees the floor it is given.
+    Any method may raise :class:`~spendguard.LedgerError` when the ledger cannot be used.
+    """
+
+    @property
+    def on_ledger_error(self) -> Literal["raise", "local"]:
+        """What a guard does on :class:`~spendguard.LedgerError` while deciding: ``"raise"``
+        it (the call does not run), or ``"local"``: decide from its own process's ledger
+        and log a WARNING."""
+        ...
+
+    def admit(
+        self,
+        account_id: str,
+        amount: Decimal,
+        *,
+        floor: Decimal,
+        hold_ttl: float | None,
+        ttl: float,
+        refresh_interval: float,
+        lookup: Callable[[Decimal], Check] | None,
+        max_stale: float | None = None,
+    ) -> Admission:
+        """Admit ``amount`` when ``snapshot - spent since - held - floor >= amount``.
+
+        Expired holds are dropped first. When admitted and ``hold_ttl`` is not ``None``,
+        ``amount`` is held until :meth:`end` or for ``hold_ttl`` seconds at most.
+
+        A snapshot older than ``ttl`` seconds, or one that is short and older than
+        ``refresh_interval``, is looked up again by one caller across the fleet, which
+        calls ``lookup(amount + held + floor)``; the others wait for that answer, or, with
+        ``max_stale``, decide from the previous snapshot while it is at most that old.
+        Without ``lookup`` nothing is looked up: a snapshot at most ``max_stale`` old is
+        used, and if there is none the answer is not admitted with ``available=None``.
+
+        Raises:
+            ProviderError: The lookup failed, in this process or in the one that made it.
+        """
+        ...
+
+    def hold(self, account_id: str, amount: Decimal, *, hold_ttl: float) -> Admission:
+        """Hold ``amount`` whatever the balance: a call let through by a failure policy
+        or by shadow mode still counts while it runs."""
+        ...
+
+    def end(self, account_id: str, hold_id: str | None, charged: Decimal | None) -> None:
+        """End hold ``hold_id`` and record ``charged`` as spent (``None``: nothing).
+
+        Ending a hold that is gone (expired, or lost with the ledger's state) or
+        ``hold_id=None`` still records ``charged``.
+        """
+        ...
+
+    def invalidate(self, account_id: str) -> None:
+        """Make every process look the balance up before its next decision."""
+        ...

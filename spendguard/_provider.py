@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import threading
 from decimal import Decimal
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import requests
 
@@ -69,6 +69,9 @@ class Provider(Protocol):
         ...
 
 
+_P = TypeVar("_P", bound="HTTPProvider")
+
+
 class HTTPProvider:
     """Shared machinery of the bundled providers: key, base URL, session and requests."""
 
@@ -111,7 +114,7 @@ class HTTPProvider:
         if self._owns_session:
             self._session.close()
 
-    def __enter__(self) -> HTTPProvider:
+    def __enter__(self: _P) -> _P:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -610,7 +610,8 @@ class ProviderSimulator:
         status = fault.status if fault.status is not None else 500
         if fault.body is None:
             provider = _provider_for(request.path)
-            return _error(provider, status, f"Simulated fault: HTTP {status}")
+            response = _error(provider, status, f"Simulated fault: HTTP {status}")
+            return _Response(response.status, response.body, response.content_type, fault.headers)
         return _Response(status, fault.body, fault.content_type, fault.headers)
 
     def _respond(self, request: _Request) -> _Response:

@@ -216,3 +216,32 @@ def test_max_stale_is_validated(hyper3d: sg.Hyper3D) -> None:
     with pytest.raises(sg.ConfigurationError, match="max_stale"):
         sg.SpendGuard(hyper3d, on_unavailable="stale", max_stale=-1)
     assert sg.SpendGuard(hyper3d).balance() == Decimal(10)
+
+
+def test_a_decision_that_raised_is_not_admitted(
+    sim: ProviderSimulator, hyper3d: sg.Hyper3D
+) -> None:
+    """A lookup failure under 'raise' counts as a decision, never as an admission."""
+    guard = sg.SpendGuard(hyper3d)
+    sim.fail(H3D_BALANCE, status=503, times=3)
+    with pytest.raises(sg.BalanceUnavailable):
+        guard.check(1)
+    guard.check(1)
+    stats = guard.stats
+    assert (stats.decisions, stats.admitted, stats.refused) == (2, 1, 0)
+
+
+def test_stale_fallback_logs_a_warning(
+    sim: ProviderSimulator,
+    hyper3d: sg.Hyper3D,
+    clock: FakeClock,
+    spendguard_logs: pytest.LogCaptureFixture,
+) -> None:
+    """Deciding from an old balance is a WARNING that says how old."""
+    guard = sg.SpendGuard(hyper3d, ttl=1, on_unavailable="stale", clock=clock)
+    guard.check(1)
+    clock.advance(5)
+    sim.fail(H3D_BALANCE, status=503, times=3)
+    assert guard.check(1).source == "fallback"
+    warnings = [r.getMessage() for r in spendguard_logs.records if r.levelno == logging.WARNING]
+    assert any("balance of 5.0s ago" in w for w in warnings)

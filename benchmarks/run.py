@@ -1,0 +1,450 @@
+"""spendguard's benchmark suite: the guard's own cost, measured against baselines in one run.
+
+    python -m pip install -e '.[bench]'
+    python benchmarks/run.py            # full run
+    python benchmarks/run.py --quick    # smoke run, well under 30 s
+
+Every timing is a ratio against a baseline measured in the same process, so the figures
+hold on a noisy machine. Timing targets are reported as met / not met, never asserted;
+the run fails (exit 1) only when an exact property breaks: the number of HTTP lookups.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import functools
+import gc
+import statistics
+import sys
+import threading
+import time
+import timeit
+import tracemalloc
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Any
+
+import wrapt
+
+import spendguard as sg
+from spendguard.testing import ProviderSimulator
+
+H3D_BALANCE = "GET /api/v2/check_balance"
+failures: list[str] = []
+
+
+class Wallet:
+    """An in-memory provider: the hot path never needs the network."""
+
+    name, unit = "wallet", "credits"
+
+    def __init__(self, account_id: str, balance: int = 10**12) -> None:
+        self.account_id = account_id
+        self.balance = Decimal(balance)
+
+    def fetch_balance(self) -> Decimal:
+        return self.balance
+
+    def check(self, amount: Decimal) -> sg.Check:
+        return sg.Check.of(amount, self.balance, self.unit, "remote")
+
+
+def table(title: str, header: tuple[str, ...], rows: list[tuple[Any, ...]]) -> None:
+    """Print a plain-text table."""
+    widths = [max(len(str(x)) for x in column) for column in zip(header, *rows, strict=True)]
+    print(f"\n## {title}\n")
+    print("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
+    print("  ".join("-" * w for w in widths))
+    for row in rows:
+        print("  ".join(str(x).ljust(w) for x, w in zip(row, widths, strict=True)))
+
+
+def verdict(met: bool) -> str:
+    return "met" if met else "NOT MET"
+
+
+def per_call_ns(fn: Callable[[], object], number: int, rounds: int) -> list[float]:
+    """Nanoseconds per call, one figure per round."""
+    fn()
+    return [t / number * 1e9 for t in timeit.repeat(fn, number=number, repeat=rounds)]
+
+
+def async_per_call_ns(fn: Callable[[], Any], number: int, rounds: int) -> list[float]:
+    """Nanoseconds per awaited call, one figure per round, on one event loop."""
+
+    async def body() -> list[float]:
+        await fn()
+        out = []
+        for _ in range(rounds):
+            start = time.perf_counter()
+            for _ in range(number):
+                await fn()
+            out.append((time.perf_counter() - start) / number * 1e9)
+        return out
+
+    return asyncio.run(body())
+
+
+# -- 1. hot path --------------------------------------------------------------------
+
+
+def hot_path(number: int, rounds: int) -> dict[str, float]:
+    guard = sg.SpendGuard(Wallet("bench:hot"), ttl=1e9)
+
+    def bare() -> int:
+        return 1
+
+    @functools.wraps(bare)
+    def wraps_noop() -> int:
+        return bare()
+
+    @wrapt.decorator
+    def noop(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+        return wrapped(*args, **kwargs)
+
+    @noop
+    def wrapt_noop() -> int:
+        return 1
+
+    @guard(cost=1)
+    def guarded() -> int:
+        return 1
+
+    def spend() -> None:
+        with guard.spend(1):
+            pass
+
+    candidates: list[tuple[str, Callable[[], object]]] = [
+        ("bare call", bare),
+        ("functools.wraps no-op", wraps_noop),
+        ("wrapt no-op", wrapt_noop),
+        ("@guard (sync)", guarded),
+        ("with guard.spend()", spend),
+        ("guard.check()", lambda: guard.check(1)),
+    ]
+    candidates += peers()
+
+    @noop
+    async def wrapt_async() -> int:
+        return 1
+
+    @guard(cost=1)
+    async def guarded_async() -> int:
+        return 1
+
+    results: dict[str, list[float]] = {}
+    for name, fn in candidates:
+        results[name] = per_call_ns(fn, number, rounds)
+    results["wrapt no-op (async)"] = async_per_call_ns(wrapt_async, number // 2, rounds)
+    results["@guard (async)"] = async_per_call_ns(guarded_async, number // 2, rounds)
+
+    base = statistics.median(results["wrapt no-op"])
+    abase = statistics.median(results["wrapt no-op (async)"])
+    rows = []
+    for name, figures in results.items():
+        median = statistics.median(figures)
+        ref = abase if "async" in name else base
+        rows.append(
+            (
+                name,
+                f"{median:,.0f}",
+                f"{min(figures):,.0f}",
+                f"{max(figures):,.0f}",
+                f"{median / ref:.2f}",
+            )
+        )
+    table(
+        f"Hot path: a cached decision admitting the call ({number:,} calls x {rounds} rounds)",
+        ("call", "median ns", "min ns", "max ns", "x wrapt no-op"),
+        rows,
+    )
+    medians = {name: statistics.median(f) for name, f in results.items()}
+    sync_ratio = medians["@guard (sync)"] / base
+    async_ratio = medians["@guard (async)"] / abase
+    check_ratio = medians["guard.check()"] / base
+    print()
+    print(f"target @guard <= 1.5 x wrapt no-op: {sync_ratio:.2f} -> {verdict(sync_ratio <= 1.5)}")
+    if "pybreaker (closed)" in medians:
+        faster = medians["@guard (sync)"] < medians["pybreaker (closed)"]
+        print(f"target @guard faster than pybreaker: {verdict(faster)}")
+    print(
+        f"target async @guard <= 1.5 x wrapt async no-op: {async_ratio:.2f} -> "
+        f"{verdict(async_ratio <= 1.5)}"
+    )
+    print(
+        f"target guard.check() <= 1.5 x wrapt no-op: {check_ratio:.2f} -> "
+        f"{verdict(check_ratio <= 1.5)}"
+    )
+    return medians
+
+
+def peers() -> list[tuple[str, Callable[[], object]]]:
+    """Comparable "check before call" libraries, when installed (the bench extra)."""
+    found: list[tuple[str, Callable[[], object]]] = []
+
+    def work() -> int:
+        return 1
+
+    try:
+        import pybreaker
+
+        breaker = pybreaker.CircuitBreaker(fail_max=5)
+        found.append(("pybreaker (closed)", breaker(work)))
+    except ImportError:
+        print("pybreaker not installed: pip install -e '.[bench]'")
+    try:
+        from limits import parse, storage, strategies
+
+        limiter = strategies.FixedWindowRateLimiter(storage.MemoryStorage())
+        item = parse("1000000000/second")
+
+        def limited() -> int:
+            if not limiter.hit(item):
+                raise RuntimeError("limited")
+            return work()
+
+        found.append(("limits (MemoryStorage hit)", limited))
+    except ImportError:
+        print("limits not installed")
+    try:
+        from pyrate_limiter import Duration, Limiter, Rate
+
+        bucket = Limiter(Rate(10**9, Duration.SECOND))
+
+        def rated() -> int:
+            bucket.try_acquire("bench")
+            return work()
+
+        found.append(("pyrate-limiter (in-memory)", rated))
+    except ImportError:
+        print("pyrate-limiter not installed")
+    try:
+        import tenacity
+
+        found.append(("tenacity @retry", tenacity.retry(work)))
+    except ImportError:
+        print("tenacity not installed")
+    return found
+
+
+# -- 2. threads ----------------------------------------------------------------------
+
+
+def threads(calls: int) -> None:
+    guard = sg.SpendGuard(Wallet("bench:threads"), ttl=1e9)
+
+    @guard(cost=1)
+    def guarded() -> int:
+        return 1
+
+    guarded()
+    rows = []
+    single = 0.0
+    for count in (1, 4, 16):
+        per_thread = calls // count
+        barrier = threading.Barrier(count + 1)
+
+        def hammer(n: int = per_thread, barrier: threading.Barrier = barrier) -> None:
+            barrier.wait()
+            for _ in range(n):
+                guarded()
+
+        workers = [threading.Thread(target=hammer) for _ in range(count)]
+        for w in workers:
+            w.start()
+        barrier.wait()
+        start = time.perf_counter()
+        for w in workers:
+            w.join()
+        rate = per_thread * count / (time.perf_counter() - start)
+        single = single or rate
+        rows.append((count, f"{rate:,.0f}", f"{rate / single:.2f}"))
+    table(
+        "Threads hammering one guard on a cached balance",
+        ("threads", "calls/s", "x 1 thread"),
+        rows,
+    )
+    scaling = float(rows[-1][2])
+    print(f"\ntarget 16 threads >= 0.8 x one thread: {scaling:.2f} -> {verdict(scaling >= 0.8)}")
+    if guard.held != 0:
+        failures.append(f"holds left after the thread run: {guard.held}")
+
+
+# -- 3. network economy --------------------------------------------------------------
+
+
+def network(sustain: float) -> float:
+    with ProviderSimulator(hyper3d_credits="1000000") as sim:
+        provider = sg.Hyper3D(sim.api_key, base_url=sim.url)
+        guard = sg.SpendGuard(provider, ttl=60)
+        sim.slow(H3D_BALANCE, 0.1)
+        barrier = threading.Barrier(32)
+
+        def arrive() -> None:
+            barrier.wait()
+            guard.check(1)
+
+        burst = [threading.Thread(target=arrive) for _ in range(32)]
+        for t in burst:
+            t.start()
+        for t in burst:
+            t.join()
+        burst_lookups = sim.count(H3D_BALANCE)
+
+        ttl = 0.2
+        sustained = sg.SpendGuard(provider, ttl=ttl, clock=time.monotonic)
+        sim.reset_counts()
+        stop = time.monotonic() + sustain
+        decisions = [0]
+
+        def steady() -> None:
+            while time.monotonic() < stop:
+                sustained.check("0.001")
+                decisions[0] += 1
+
+        workers = [threading.Thread(target=steady) for _ in range(4)]
+        start = time.monotonic()
+        for t in workers:
+            t.start()
+        for t in workers:
+            t.join()
+        elapsed = time.monotonic() - start
+        lookups = sim.count(H3D_BALANCE)
+        windows = elapsed / ttl
+
+        one = []
+        for _ in range(20):
+            t0 = time.perf_counter()
+            provider.fetch_balance()
+            one.append((time.perf_counter() - t0) * 1e9)
+        provider.close()
+    table(
+        "Network economy (simulator on loopback)",
+        ("scenario", "HTTP lookups", "target"),
+        [
+            ("32 threads on an expired cache", burst_lookups, "exactly 1"),
+            (
+                f"{elapsed:.1f} s of 4 threads at TTL {ttl} s ({decisions[0]:,} decisions)",
+                f"{lookups} in {windows:.1f} windows",
+                "<= 1 per window",
+            ),
+        ],
+    )
+    print(
+        f"\nburst: {verdict(burst_lookups == 1)}; sustained: "
+        f"{lookups / windows:.2f} lookups per window -> {verdict(lookups <= windows + 1)}"
+    )
+    if burst_lookups != 1:
+        failures.append(f"an expired-cache burst made {burst_lookups} lookups, not 1")
+    if lookups > windows + 1:
+        failures.append(f"{lookups} lookups in {windows:.1f} TTL windows")
+    return statistics.median(one)
+
+
+# -- 4. batches ----------------------------------------------------------------------
+
+
+def batches(items: int) -> None:
+    if not hasattr(sg.SpendGuard, "forecast"):
+        print("\n## Batches\n\n(guard.batch / guard.forecast not available in this version)")
+        return
+    with ProviderSimulator(hyper3d_credits=str(items)) as sim:
+        provider = sg.Hyper3D(sim.api_key, base_url=sim.url)
+        guard = sg.SpendGuard(provider, ttl=60)
+        work = list(range(items))
+
+        def cost(item: int) -> str:
+            return "0.5" if item % 2 else "1"
+
+        t0 = time.perf_counter()
+        for item in work:
+            cost(item)
+        pricing = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        forecast = guard.forecast(work, cost)
+        forecast_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        batch = guard.batch(work, cost)
+        consumed = sum(1 for _ in batch)
+        batch_s = time.perf_counter() - t0
+        lookups = sim.count(H3D_BALANCE)
+        provider.close()
+    overhead_ms = (batch_s - pricing) * 1000
+    table(
+        f"Batches of {items:,} items with a per-item cost callable",
+        ("step", "ms", "note"),
+        [
+            ("evaluating the cost callable alone", f"{pricing * 1000:.1f}", ""),
+            ("guard.forecast()", f"{forecast_s * 1000:.1f}", f"{forecast.affordable} fit"),
+            (
+                "guard.batch() admitted and consumed",
+                f"{batch_s * 1000:.1f}",
+                f"{consumed:,} items, {lookups} lookup(s)",
+            ),
+        ],
+    )
+    print(
+        f"\ntarget one lookup: {verdict(lookups == 1)}; admission overhead "
+        f"{overhead_ms:.1f} ms <= 20 ms beyond pricing -> {verdict(overhead_ms <= 20)}"
+    )
+    if lookups != 1:
+        failures.append(f"a {items}-item batch made {lookups} lookups")
+
+
+# -- memory --------------------------------------------------------------------------
+
+
+def memory(calls: int) -> None:
+    guard = sg.SpendGuard(Wallet("bench:memory"), ttl=1e9)
+
+    @guard(cost="0.001")
+    def guarded() -> int:
+        return 1
+
+    for _ in range(1000):
+        guarded()
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.take_snapshot()
+    for _ in range(calls):
+        guarded()
+    gc.collect()
+    after = tracemalloc.take_snapshot()
+    tracemalloc.stop()
+    grown = sum(s.size_diff for s in after.compare_to(before, "filename"))
+    table(
+        "Memory",
+        ("scenario", "bytes grown"),
+        [(f"{calls:,} guarded calls on a cached balance", f"{grown:,}")],
+    )
+    print(f"\ntarget flat (< 64 KiB growth): {verdict(grown < 65536)}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a smoke run under 30 s")
+    args = parser.parse_args(argv)
+    quick = args.quick
+    print(
+        f"spendguard {sg.__version__} on Python {sys.version.split()[0]}"
+        f"{' (quick run)' if quick else ''}"
+    )
+    medians = hot_path(number=20_000 if quick else 200_000, rounds=3 if quick else 7)
+    threads(calls=40_000 if quick else 400_000)
+    lookup_ns = network(sustain=1.0 if quick else 2.0)
+    print(
+        f"\none real lookup over loopback HTTP: {lookup_ns / 1000:,.0f} us = "
+        f"{lookup_ns / medians['@guard (sync)']:,.0f} cached @guard decisions"
+    )
+    batches(items=10_000)
+    memory(calls=100_000 if quick else 1_000_000)
+    if failures:
+        print("\nFAILED:\n- " + "\n- ".join(failures))
+        return 1
+    print("\nall exact properties hold")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
