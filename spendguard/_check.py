@@ -14,7 +14,7 @@ Source = Literal["cache", "remote", "fallback"]
 nowhere (the provider was unavailable and the failure policy let the call through)."""
 
 
-@attrs.frozen
+@attrs.frozen(slots=False)  # a dict class builds faster; checks are made on the hot path
 class Check:
     """A sufficiency decision, frozen.
 

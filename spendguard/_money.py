@@ -17,6 +17,12 @@ MIN_MAGNITUDE = Decimal(10) ** -18
 # ``\s*`` groups made an earlier pattern take minutes on a few thousand spaces).
 _DIGITS = re.compile(r"(?P<int>\d{1,3}(?:,\d{3})+|\d+)(?P<frac>\.\d+)?")
 
+_ZERO = Decimal(0)
+_INT_MAX = int(MAX_MAGNITUDE)
+_TEXT_CACHE_SIZE = 256
+# Amounts written as text recur (cost="0.5"); parsing them once keeps the hot path cheap.
+_TEXT_AMOUNTS: dict[str, Decimal] = {}
+
 Amount = int | str | Decimal | float
 """What callers may pass as an amount: ``int``, ``Decimal``, a numeric ``str`` or ``float``."""
 
@@ -30,6 +36,24 @@ def to_amount(value: object, *, name: str = "amount") -> Decimal:
         TypeError: ``value`` is not an int, Decimal, str or float (``bool`` included).
         ValueError: ``value`` is not a number, or is negative, NaN or infinite.
     """
+    if type(value) is int:
+        if 0 <= value <= _INT_MAX:
+            return Decimal(value)
+    elif type(value) is Decimal:
+        if value.is_finite() and 0 <= value <= MAX_MAGNITUDE:
+            return value if value else _ZERO
+    elif type(value) is str:
+        cached = _TEXT_AMOUNTS.get(value)
+        if cached is not None:
+            return cached
+        result = _to_amount(value, name)
+        if len(_TEXT_AMOUNTS) < _TEXT_CACHE_SIZE:
+            _TEXT_AMOUNTS[value] = result
+        return result
+    return _to_amount(value, name)
+
+
+def _to_amount(value: object, name: str) -> Decimal:
     if isinstance(value, Decimal):
         result = value
     elif isinstance(value, bool) or not isinstance(value, int | str | float):
