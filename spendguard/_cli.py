@@ -654,21 +654,9 @@ def _choose_provider(requested: str | None) -> str:
 
 @contextmanager
 def _lookup_session() -> Iterator[requests.Session]:
-    """The library's retrying lookup session, logging each answer at DEBUG."""
-    session = build_session()
-    session.hooks["response"].append(_log_response)
-    with session:
+    """The library's retrying lookup session (it logs each lookup at DEBUG), closed after."""
+    with build_session() as session:
         yield session
-
-
-def _log_response(response: requests.Response, *args: Any, **kwargs: Any) -> None:
-    log.debug(
-        "%s %s -> HTTP %d in %.0f ms",
-        response.request.method,
-        response.url,
-        response.status_code,
-        response.elapsed.total_seconds() * 1000,
-    )
 
 
 @contextmanager

@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import json
+import logging
 import os
 import time
 from collections.abc import Iterator, Mapping
@@ -20,6 +21,8 @@ from requests.adapters import HTTPAdapter
 from urllib3.util import Retry
 
 from ._errors import AuthenticationError, BalanceUnavailable, ConfigurationError, ProviderError
+
+log = logging.getLogger("spendguard")
 
 MAX_BODY_BYTES = 1 << 20
 """Provider answers larger than this are refused: a balance is a few dozen bytes."""
@@ -185,6 +188,7 @@ def request_json(
             a body that breaks off or takes longer than ``timeout`` to arrive.
         ProviderError: any other non-2xx status, a redirect, an oversized or non-JSON body.
     """
+    started = time.monotonic()
     with translate_errors(provider):
         response = session.request(
             method,
@@ -201,6 +205,14 @@ def request_json(
         finally:
             response.close()
     status = response.status_code
+    log.debug(
+        "%s: %s %s -> HTTP %d in %.1f ms",
+        provider,
+        method,
+        urlsplit(url).path,
+        status,
+        (time.monotonic() - started) * 1000,
+    )
     # Whatever the provider echoes back, the key goes no further than this line.
     raw = _scrub_bytes(raw, key)
     body = _decode(raw, key)
