@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import threading
 import weakref
 from collections.abc import AsyncGenerator, AsyncIterable, Awaitable, Callable, Iterable
@@ -327,7 +328,7 @@ class _Cursor:
     garbage-collected. Items are counted under the account's lock.
     """
 
-    __slots__ = ("_bar", "_costs", "done", "ended", "handed", "hold", "total")
+    __slots__ = ("_bar", "_costs", "done", "ended", "handed", "hold", "renewed_at", "total")
 
     def __init__(
         self, hold: Hold | None, costs: list[Decimal], total: Decimal, bar: ProgressBar | None
@@ -339,6 +340,7 @@ class _Cursor:
         self.handed = 0
         self.done = 0
         self.ended = hold is None
+        self.renewed_at = -math.inf if hold is None else hold.created_at
 
     def take(self) -> int | None:
         """Count the item handed out last as done; the index of the next one, or ``None``."""
@@ -356,7 +358,12 @@ class _Cursor:
             else:
                 self.handed += 1
             shown = self._amounts_locked() if counted else None
+            renew = counted and index is not None and self._renew_due_locked(hold)
         self._show(shown)
+        if renew:
+            shared = hold._guard._shared
+            assert shared is not None
+            shared.renew_hold(hold)  # outside the lock: a round trip to the shared ledger
         if index is None:
             self._finish(hold)
         return index
@@ -398,6 +405,20 @@ class _Cursor:
         assert self.hold is not None
         self.hold._consume_locked(self._costs[self.done], self.hold._guard._clock())
         self.done += 1
+        return True
+
+    def _renew_due_locked(self, hold: Hold) -> bool:
+        """Whether to renew the hold in the shared ledger now: the local hold is renewed
+        with every item, the ledger's (a round trip) at most once per quarter of the
+        ledger's own expiry, which may be shorter than ``hold_ttl``."""
+        shared = hold._guard._shared
+        if shared is None or hold._state != "held":
+            return False
+        expiry = min(hold._ttl, getattr(shared.ledger, "max_hold_ttl", math.inf))
+        now = hold._guard._clock()
+        if now - self.renewed_at < expiry / 4:
+            return False
+        self.renewed_at = now
         return True
 
     def _finish(self, hold: Hold) -> None:

@@ -219,6 +219,13 @@ class Ledger(Protocol):
     ledger, not from the processes. Amounts are ``Decimal`` in the provider's unit.
     Budgets and floors stay with each guard: the ledger only sees the floor it is given.
     Any method may raise :class:`~spendguard.LedgerError` when the ledger cannot be used.
+
+    A ledger may also offer ``renew(account_id, hold_id, hold_ttl) -> bool``, which pushes
+    an open hold's expiry back to ``hold_ttl`` seconds from now and says whether the hold
+    was still there. It is optional (not part of this protocol, so ledgers written without
+    it still qualify): when present, a batch renews its hold with it while its items run,
+    at most once per ``hold_ttl / 4`` seconds, so that a batch running longer than
+    ``hold_ttl`` keeps its hold; without it, such a batch's hold expires in the ledger.
     """
 
     @property

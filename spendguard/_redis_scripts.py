@@ -257,6 +257,16 @@ if op == 'end' then
   return answer('ok', nil, nil, found)
 end
 
+if op == 'renew' then
+  -- hold id, hold ttl
+  local found = '0'
+  if redis.call('HEXISTS', holds, ARGV[5]) == 1 then
+    redis.call('ZADD', expiry, 'XX', text(now + tonumber(ARGV[6])), ARGV[5])
+    found = '1'
+  end
+  return answer('ok', nil, nil, found)
+end
+
 if op == 'invalidate' then
   drop('fetched_at')
   return answer('ok', nil, nil)

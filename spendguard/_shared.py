@@ -305,6 +305,35 @@ class SharedAccount:
             hold_id = self._pop(hold.amount)
         self._end(hold_id, charged)
 
+    def renew_hold(self, hold: Hold) -> None:
+        """Push back the ledger's expiry of ``hold``, which its owner still uses (a batch's,
+        after an item); never raises: a failure is logged and the hold may expire.
+
+        Ledger holds are known by amount only (see :meth:`_pop`), and any of them may be
+        ended for ``hold``, so every open ledger hold of ``hold.amount`` in this process is
+        renewed (one round trip each; usually there is one). Needs a ledger with the
+        optional ``renew``; a local hold (``on_ledger_error="local"``) has nothing to renew.
+        """
+        renew: Callable[[str, str, float], bool] | None = getattr(self.ledger, "renew", None)
+        if renew is None or hold._state != "held":
+            return
+        if self._guard._clock() < self._local_until:
+            return
+        with self._lock:
+            hold_ids = list(self._holds.get(hold.amount, ()))
+        ttl = self._hold_ttl()
+        for hold_id in hold_ids:
+            try:
+                renew(self._account_id, hold_id, ttl)
+            except LedgerError as exc:
+                log.warning(
+                    "%s: could not renew a batch's hold in the ledger (%s); it expires there "
+                    "unless a later renewal reaches it",
+                    self._guard.name,
+                    exc,
+                )
+                return
+
     def _pop(self, amount: Decimal) -> str | None:
         """The ledger hold to end for a call of ``amount`` (``None``: a local one)."""
         local = self._local.get(amount)

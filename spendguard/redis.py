@@ -350,6 +350,22 @@ class RedisLedger:
         spent = "" if charged is None else _units(charged, "charged", rounding=ROUND_CEILING)
         self._run(account_id, "end", hold_id or "", spent)
 
+    def renew(self, account_id: str, hold_id: str, hold_ttl: float) -> bool:
+        """Push hold ``hold_id``'s expiry back to ``hold_ttl`` seconds from now (Redis
+        ``TIME``), cut to ``max_hold_ttl``: its owner is still using it (a batch).
+
+        Optional for a :class:`~spendguard.Ledger`; guards call it when it is there.
+
+        Returns:
+            Whether the hold was still there; a hold that is gone (ended, expired, lost
+            with the ledger's state) is not brought back.
+
+        Raises:
+            LedgerError: Redis cannot be used.
+        """
+        reply = self._run(account_id, "renew", hold_id, self._hold_micros(hold_ttl))
+        return reply[5] == "1"
+
     def invalidate(self, account_id: str) -> None:
         """See :meth:`spendguard.Ledger.invalidate`.
 

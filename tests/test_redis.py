@@ -699,3 +699,27 @@ class _Wallet:
             self.reading.set()
             self.pause.wait(5)
         return sg.Check.of(amount, seen, self.unit, "remote")
+
+
+def test_long_batch_renews_its_hold_in_redis(
+    hyper3d: sg.Hyper3D, ledger: RedisLedger, redis_url: str
+) -> None:
+    """A batch running longer than hold_ttl keeps its hold in Redis, renewed as items are
+    done (at most once per hold_ttl / 4), so another process cannot admit it meanwhile;
+    when the batch ends the hold is gone."""
+    guard = sg.SpendGuard(hyper3d, hold_ttl=1, ledger=ledger)
+    with RedisLedger.from_url(redis_url) as other_ledger:
+        other = sg.SpendGuard(hyper3d, ledger=other_ledger)
+        started = time.monotonic()
+        batch = guard.batch(range(15), lambda i: Decimal("0.5"))
+        assert _held(ledger, hyper3d) == Decimal("7.5")
+        renewals = _evalsha_calls(ledger.client)
+        for _ in batch:
+            time.sleep(0.1)
+            assert not other.check(3).sufficient  # 7.5 held of 10: 2.5 left at most
+        renewals = _evalsha_calls(ledger.client) - renewals - 15  # other's checks
+        assert time.monotonic() - started >= 1.5
+        assert 2 <= renewals <= 7  # every 0.25 s over 1.5 s, not once per item
+        assert _held(ledger, hyper3d) == 0
+        assert guard.balance() == Decimal("2.5")  # 15 items of 0.5 spent
+        assert other.check(Decimal("2.5")).sufficient
