@@ -200,12 +200,12 @@ class SpendGuard:
                     f"cannot guard generator function {target.__qualname__!r}: its body "
                     "runs after the call returns; use `with guard.spend(...)` inside it"
                 )
+            if inspect.isfunction(fn):
+                return cast(F, self._guard_function(fn, fixed, cost_fn))
             if inspect.iscoroutinefunction(target):
                 wrapper = self._async_wrapper(fixed, cost_fn)
             else:
                 wrapper = self._sync_wrapper(fixed, cost_fn)
-            if inspect.isfunction(fn):
-                return cast(F, _GuardedFunction(fn, wrapper))
             return cast(F, wrapt.FunctionWrapper(fn, wrapper))
 
         return decorate
@@ -790,67 +790,106 @@ class SpendGuard:
         )
         return to_amount(value, name="cost")
 
+    def _admit(self, amount: Decimal) -> None:
+        """Hold ``amount`` through a full decision, or raise why not."""
+        outcome = self._decide(amount, hold=True)
+        if not outcome[0]:
+            raise self._refusal(amount, outcome)
+
+    async def _aadmit(self, amount: Decimal) -> None:
+        """:meth:`_admit` for coroutines."""
+        outcome = await self._adecide(amount, hold=True)
+        if not outcome[0]:
+            raise self._refusal(amount, outcome)
+
+    def _guard_function(
+        self, fn: Callable[..., Any], fixed: Decimal, cost_fn: Callable[..., Amount] | None
+    ) -> Callable[..., Any]:
+        """A plain function's guarded twin: a closure, the cheapest call Python makes.
+
+        Called through a class it binds like any function, so a method's ``self`` reaches
+        the cost callable as its first argument.
+        """
+        price, take_cached, finish = self._price, self._take_cached, self._finish
+        admit, after_call = self._admit, self._after_call
+
+        if inspect.iscoroutinefunction(fn):
+
+            @functools.wraps(fn)
+            async def guarded_coroutine(*args: Any, **kwargs: Any) -> Any:
+                amount = fixed if cost_fn is None else price(cost_fn, None, args, kwargs)
+                if not take_cached(amount):
+                    await self._aadmit(amount)
+                try:
+                    return await fn(*args, **kwargs)
+                except BaseException as exc:
+                    after_call(exc)
+                    raise
+                finally:
+                    finish(amount, amount)
+
+            return guarded_coroutine
+
+        @functools.wraps(fn)
+        def guarded(*args: Any, **kwargs: Any) -> Any:
+            amount = fixed if cost_fn is None else price(cost_fn, None, args, kwargs)
+            if not take_cached(amount):
+                admit(amount)
+            try:
+                return fn(*args, **kwargs)
+            except BaseException as exc:
+                after_call(exc)
+                raise
+            finally:
+                finish(amount, amount)
+
+        return guarded
+
     def _sync_wrapper(
         self, fixed: Decimal, cost_fn: Callable[..., Amount] | None
     ) -> Callable[..., Any]:
+        """A wrapt wrapper for what is not a plain function (classmethod, staticmethod...)."""
+
         def wrapper(
             wrapped: Callable[..., Any],
             instance: object,
             args: tuple[Any, ...],
             kwargs: dict[str, Any],
         ) -> Any:
-            amount = fixed if cost_fn is None else price(cost_fn, instance, args, kwargs)
-            if not take_cached(amount):
-                outcome = self._decide(amount, hold=True)
-                if not outcome[0]:
-                    raise self._refusal(amount, outcome)
+            amount = fixed if cost_fn is None else self._price(cost_fn, instance, args, kwargs)
+            self._admit(amount)
             try:
                 return wrapped(*args, **kwargs)
             except BaseException as exc:
                 self._after_call(exc)
                 raise
             finally:
-                finish(amount, amount)
+                self._finish(amount, amount)
 
-        price, take_cached, finish = self._price, self._take_cached, self._finish
         return wrapper
 
     def _async_wrapper(
         self, fixed: Decimal, cost_fn: Callable[..., Amount] | None
     ) -> Callable[..., Any]:
+        """:meth:`_sync_wrapper` for coroutine functions."""
+
         async def wrapper(
             wrapped: Callable[..., Any],
             instance: object,
             args: tuple[Any, ...],
             kwargs: dict[str, Any],
         ) -> Any:
-            amount = fixed if cost_fn is None else price(cost_fn, instance, args, kwargs)
-            if not take_cached(amount):
-                outcome = await self._adecide(amount, hold=True)
-                if not outcome[0]:
-                    raise self._refusal(amount, outcome)
+            amount = fixed if cost_fn is None else self._price(cost_fn, instance, args, kwargs)
+            await self._aadmit(amount)
             try:
                 return await wrapped(*args, **kwargs)
             except BaseException as exc:
                 self._after_call(exc)
                 raise
             finally:
-                finish(amount, amount)
+                self._finish(amount, amount)
 
-        price, take_cached, finish = self._price, self._take_cached, self._finish
         return wrapper
-
-
-class _GuardedFunction(wrapt.FunctionWrapper):  # type: ignore[type-arg]
-    """The wrapper of a plain function.
-
-    Called directly, a plain function has no instance to bind; saying so here spares
-    wrapt's generic call path, which looks for one on every call.
-    """
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        wrapper: Any = self._self_wrapper
-        return wrapper(self.__wrapped__, None, args, kwargs)
 
 
 class _Lookup:
