@@ -915,20 +915,14 @@ class Spend:
 
     def __enter__(self) -> Hold:
         self._check_idle()
-        guard = self._guard
-        outcome = guard._decide(self.amount, hold=True)
-        if not outcome[0]:
-            raise guard._refusal(self.amount, outcome)
-        self._hold = Hold(guard, self.amount, label=self.label)
+        self._guard._admit(self.amount)
+        self._hold = Hold(self._guard, self.amount, label=self.label)
         return self._hold
 
     async def __aenter__(self) -> Hold:
         self._check_idle()
-        guard = self._guard
-        outcome = await guard._adecide(self.amount, hold=True)
-        if not outcome[0]:
-            raise guard._refusal(self.amount, outcome)
-        self._hold = Hold(guard, self.amount, label=self.label)
+        await self._guard._aadmit(self.amount)
+        self._hold = Hold(self._guard, self.amount, label=self.label)
         return self._hold
 
     def __exit__(

@@ -19,7 +19,6 @@ from ._http import (
     resolve_base_url,
     resolve_key,
 )
-from ._money import Amount
 
 
 @runtime_checkable
@@ -136,7 +135,3 @@ class HTTPProvider:
             timeout=self.timeout,
             payload=payload,
         )
-
-    def check(self, amount: Amount) -> Check:  # pragma: no cover - overridden
-        """Ask whether the account covers ``amount``."""
-        raise NotImplementedError
