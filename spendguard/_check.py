@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Literal
-
-import attrs
+from typing import Literal, NamedTuple
 
 from ._money import format_amount
 
@@ -14,9 +12,12 @@ Source = Literal["cache", "remote", "fallback"]
 nowhere (the provider was unavailable and the failure policy let the call through)."""
 
 
-@attrs.frozen(slots=False)  # a dict class builds faster; checks are made on the hot path
-class Check:
-    """A sufficiency decision, frozen.
+class Check(NamedTuple):
+    """A sufficiency decision, immutable.
+
+    A named tuple rather than an attrs class: :meth:`SpendGuard.check` builds one on
+    every call, and a tuple builds in about a third of the time. ``_replace`` makes a
+    changed copy.
 
     Attributes:
         sufficient: Whether ``required`` fits in ``available``.

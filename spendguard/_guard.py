@@ -41,6 +41,9 @@ Cost = Amount | Callable[..., Amount]
 _POLICIES = ("raise", "allow", "stale")
 _ZERO = Decimal(0)
 _DEBUG = logging.DEBUG
+_new_check = tuple.__new__
+# How many ended calls may wait before their amounts move from held to spent.
+_BACKLOG = 256
 
 # The outcome of a decision, a plain tuple because it is made on the hot path:
 # (admitted, available, source, age, sufficient, note). ``sufficient`` is None when no
@@ -164,11 +167,13 @@ class SpendGuard:
     @property
     def spent(self) -> Decimal:
         """What calls through this guard have spent (settled) so far."""
+        self._account.settle_ended()
         return self._spent
 
     @property
     def held(self) -> Decimal:
         """What calls through this guard hold right now."""
+        self._account.settle_ended()
         return self._held
 
     def __call__(self, *, cost: Cost) -> Callable[[F], F]:
@@ -229,6 +234,25 @@ class SpendGuard:
             ProviderError: The balance cannot be had and the policy is ``"raise"``.
         """
         required = to_amount(amount)
+        if self._plain and self.budget is None:
+            # The cached answer, inlined: the reading _from_cache makes.
+            now = self._clock()
+            account = self._account
+            if now < account.next_expiry:
+                age = None
+                with self._lock:
+                    fetched_at = account.fetched_at
+                    if fetched_at is not None and now - fetched_at <= self.ttl:
+                        available = account.limit - account.held  # type: ignore[operator]
+                        if self.floor:
+                            available -= self.floor
+                        if available >= required:
+                            self._hits += 1
+                            age = now - fetched_at
+                if age is not None:
+                    return _new_check(
+                        Check, (True, required, available, _ZERO, self._unit, "cache", age)
+                    )
         return self._to_check(required, self._decide(required, hold=False, blocking=False))
 
     async def acheck(self, amount: Amount) -> Check:
@@ -482,12 +506,10 @@ class SpendGuard:
             if cached[0] and not self._listeners:
                 return cached
             return self._conclude(amount, hold, blocking, cached)
-        assert isinstance(cached, _Lookup)
+        assert type(cached) is int
         try:
             check = self._account.refresh(
-                functools.partial(self._provider.check, amount + cached.extra),
-                cached.seen,
-                self._clock,
+                self._provider.check, amount + self.floor, cached, self._clock
             )
         except ProviderError as exc:
             return self._conclude(amount, hold, blocking, self._on_error(amount, hold, exc))
@@ -503,14 +525,15 @@ class SpendGuard:
             if cached[0] and not self._listeners:
                 return cached
             return self._conclude(amount, hold, blocking, cached)
-        assert isinstance(cached, _Lookup)
+        assert type(cached) is int
         # The lookup (and its single-flight wait) blocks, so it runs in a worker thread;
         # the hold itself is taken back on the event loop, so a cancelled task holds nothing.
         try:
             check = await asyncio.to_thread(
                 self._account.refresh,
-                functools.partial(self._provider.check, amount + cached.extra),
-                cached.seen,
+                self._provider.check,
+                amount + self.floor,
+                cached,
                 self._clock,
             )
         except ProviderError as exc:
@@ -520,31 +543,34 @@ class SpendGuard:
     def _take_cached(self, amount: Decimal) -> bool:
         """Hold ``amount`` when a fresh snapshot covers it and nothing else must happen.
 
-        The guarded call's hot path: one lock section, no allocation. ``False`` sends the
-        caller down the full decision (lookups, refusals, listeners, shared ledgers).
+        The guarded call's hot path, one lock section (decorated functions inline it).
+        ``False`` sends the caller down the full decision (lookups, refusals, listeners,
+        shared ledgers).
         """
         now = self._clock()
         account = self._account
         if not self._plain or now >= account.next_expiry:
             return False
+        # `with` and no call inside (hence no min()): a thread cannot lose the GIL while
+        # it holds the lock, which keeps threads from queueing behind a preempted holder.
         with self._lock:
             fetched_at = account.fetched_at
             if fetched_at is None or now - fetched_at > self.ttl:
                 return False
-            available = account.balance - account.spent - account.held  # type: ignore[operator]
+            available = account.limit - account.held  # type: ignore[operator]
             if self.floor:
                 available -= self.floor
-            if self.budget is not None:
-                available = min(available, self.budget - self._spent - self._held)
-            if available < amount:
+            if available < amount or (
+                self.budget is not None and self.budget - self._spent - self._held < amount
+            ):
                 return False
             account.held += amount
             self._held += amount
             self._hits += 1
             return True
 
-    def _from_cache(self, amount: Decimal, hold: bool) -> _Outcome | _Lookup:
-        """Decide from a fresh snapshot, or say what a lookup must ask beyond ``amount``."""
+    def _from_cache(self, amount: Decimal, hold: bool) -> _Outcome | int:
+        """Decide from a fresh snapshot, or return the lookup count a lookup starts from."""
         now = self._clock()
         account = self._account
         if now >= account.next_expiry:
@@ -552,7 +578,7 @@ class SpendGuard:
         with self._lock:
             fetched_at = account.fetched_at
             if fetched_at is not None and now - fetched_at <= self.ttl:
-                available = account.balance - account.spent - account.held  # type: ignore[operator]
+                available = account.limit - account.held  # type: ignore[operator]
                 if self.floor:
                     available -= self.floor
                 if self.budget is not None:
@@ -574,7 +600,7 @@ class SpendGuard:
                 left = self.budget - self._spent - self._held
                 return (False, left, "cache", None, False, "budget")
             self._misses += 1
-            return _Lookup(account.lookups, account.held + self.floor)
+            return account.lookups
 
     def _after_lookup(self, amount: Decimal, hold: bool, check: Check | None) -> _Outcome:
         with self._lock:
@@ -693,8 +719,8 @@ class SpendGuard:
 
     def _available_locked(self) -> Decimal:
         account = self._account
-        balance = account.balance if account.balance is not None else _ZERO
-        available = balance - account.spent - account.held - self.floor
+        limit = account.limit if account.limit is not None else -account.spent
+        available = limit - account.held - self.floor
         if self.budget is not None:
             available = min(available, self.budget - self._spent - self._held)
         return available
@@ -704,9 +730,10 @@ class SpendGuard:
         return None if balance_at is None else max(self._clock() - balance_at, 0.0)
 
     def _balance_now(self) -> Decimal:
+        self._account.settle_ended()
         with self._lock:
-            balance = self._account.balance
-            return (balance if balance is not None else _ZERO) - self._account.spent
+            account = self._account
+            return account.limit if account.limit is not None else -account.spent
 
     def _ensure_fresh(self) -> None:
         now = self._clock()
@@ -718,8 +745,7 @@ class SpendGuard:
             if fetched_at is not None and now - fetched_at <= self.ttl:
                 return
             seen = account.lookups
-            extra = account.held + self.floor
-        check = account.refresh(functools.partial(self._provider.check, extra), seen, self._clock)
+        check = account.refresh(self._provider.check, self.floor, seen, self._clock)
         if check is not None:
             with self._lock:
                 self._lookups += 1
@@ -752,19 +778,19 @@ class SpendGuard:
 
     # -- holds -----------------------------------------------------------------------
 
-    def _finish(self, amount: Decimal, charged: Decimal | None) -> None:
-        """End a hold of ``amount``: ``charged`` is spent, or ``None`` gives it all back."""
+    def _finish(self, amount: Decimal) -> None:
+        """A decorated call holding ``amount`` ended, and spent it (whether it raised or not).
+
+        The amount moves from held to spent later, in bulk (see ``Account.ended``): a
+        decorated call takes one lock section, not two.
+        """
         if self._shared is not None:
-            self._shared.finish(amount, charged)
+            self._shared.finish(amount, amount)
         account = self._account
-        # `with` and no call inside: a thread cannot lose the GIL while it holds the lock,
-        # which keeps threads from queueing behind a preempted holder (a lock convoy).
-        with self._lock:
-            account.held -= amount
-            self._held -= amount
-            if charged is not None:
-                account.spent += charged
-                self._spent += charged
+        ended = account.ended
+        ended.append((self, amount))
+        if len(ended) > _BACKLOG:
+            account.settle_ended(wait=False)
 
     def _end_hold(self, hold: Hold, charged: Decimal | None) -> None:
         if self._shared is not None:
@@ -809,31 +835,43 @@ class SpendGuard:
 
         Called through a class it binds like any function, so a method's ``self`` reaches
         the cost callable as its first argument.
+
+        The closure inlines :meth:`_take_cached` and :meth:`_finish`, whose calls would
+        be a quarter of its cost; keep the three in step.
         """
-        price, take_cached, finish = self._price, self._take_cached, self._finish
-        admit, after_call = self._admit, self._after_call
-
         if inspect.iscoroutinefunction(fn):
-
-            @functools.wraps(fn)
-            async def guarded_coroutine(*args: Any, **kwargs: Any) -> Any:
-                amount = fixed if cost_fn is None else price(cost_fn, None, args, kwargs)
-                if not take_cached(amount):
-                    await self._aadmit(amount)
-                try:
-                    return await fn(*args, **kwargs)
-                except BaseException as exc:
-                    after_call(exc)
-                    raise
-                finally:
-                    finish(amount, amount)
-
-            return guarded_coroutine
+            return self._guard_coroutine(fn, fixed, cost_fn)
+        price, finish, after_call = self._price, self._finish, self._after_call
+        clock, lock, plain, account = self._clock, self._lock, self._plain, self._account
+        ended, settle = account.ended, account.settle_ended
+        record = None if self._shared is not None else ended.append
+        admit = self._admit
+        fixed_entry = (self, fixed)
 
         @functools.wraps(fn)
         def guarded(*args: Any, **kwargs: Any) -> Any:
-            amount = fixed if cost_fn is None else price(cost_fn, None, args, kwargs)
-            if not take_cached(amount):
+            if cost_fn is None:
+                amount, entry = fixed, fixed_entry
+            else:
+                amount = price(cost_fn, None, args, kwargs)
+                entry = (self, amount)
+            now = clock()
+            taken = False
+            if plain and now < account.next_expiry:
+                with lock:
+                    fetched_at = account.fetched_at
+                    if fetched_at is not None and now - fetched_at <= self.ttl:
+                        available = account.limit - account.held  # type: ignore[operator]
+                        if self.floor:
+                            available -= self.floor
+                        if available >= amount and (
+                            self.budget is None or self.budget - self._spent - self._held >= amount
+                        ):
+                            account.held += amount
+                            self._held += amount
+                            self._hits += 1
+                            taken = True
+            if not taken:
                 admit(amount)
             try:
                 return fn(*args, **kwargs)
@@ -841,9 +879,65 @@ class SpendGuard:
                 after_call(exc)
                 raise
             finally:
-                finish(amount, amount)
+                if record is None:
+                    finish(amount)
+                else:
+                    record(entry)
+                    if len(ended) > _BACKLOG:
+                        settle(False)
 
         return guarded
+
+    def _guard_coroutine(
+        self, fn: Callable[..., Any], fixed: Decimal, cost_fn: Callable[..., Amount] | None
+    ) -> Callable[..., Any]:
+        """:meth:`_guard_function` for a coroutine function."""
+        price, finish, after_call = self._price, self._finish, self._after_call
+        clock, lock, plain, account = self._clock, self._lock, self._plain, self._account
+        ended, settle = account.ended, account.settle_ended
+        record = None if self._shared is not None else ended.append
+        aadmit = self._aadmit
+        fixed_entry = (self, fixed)
+
+        @functools.wraps(fn)
+        async def guarded_coroutine(*args: Any, **kwargs: Any) -> Any:
+            if cost_fn is None:
+                amount, entry = fixed, fixed_entry
+            else:
+                amount = price(cost_fn, None, args, kwargs)
+                entry = (self, amount)
+            now = clock()
+            taken = False
+            if plain and now < account.next_expiry:
+                with lock:
+                    fetched_at = account.fetched_at
+                    if fetched_at is not None and now - fetched_at <= self.ttl:
+                        available = account.limit - account.held  # type: ignore[operator]
+                        if self.floor:
+                            available -= self.floor
+                        if available >= amount and (
+                            self.budget is None or self.budget - self._spent - self._held >= amount
+                        ):
+                            account.held += amount
+                            self._held += amount
+                            self._hits += 1
+                            taken = True
+            if not taken:
+                await aadmit(amount)
+            try:
+                return await fn(*args, **kwargs)
+            except BaseException as exc:
+                after_call(exc)
+                raise
+            finally:
+                if record is None:
+                    finish(amount)
+                else:
+                    record(entry)
+                    if len(ended) > _BACKLOG:
+                        settle(False)
+
+        return guarded_coroutine
 
     def _sync_wrapper(
         self, fixed: Decimal, cost_fn: Callable[..., Amount] | None
@@ -857,14 +951,15 @@ class SpendGuard:
             kwargs: dict[str, Any],
         ) -> Any:
             amount = fixed if cost_fn is None else self._price(cost_fn, instance, args, kwargs)
-            self._admit(amount)
+            if not self._take_cached(amount):
+                self._admit(amount)
             try:
                 return wrapped(*args, **kwargs)
             except BaseException as exc:
                 self._after_call(exc)
                 raise
             finally:
-                self._finish(amount, amount)
+                self._finish(amount)
 
         return wrapper
 
@@ -880,26 +975,17 @@ class SpendGuard:
             kwargs: dict[str, Any],
         ) -> Any:
             amount = fixed if cost_fn is None else self._price(cost_fn, instance, args, kwargs)
-            await self._aadmit(amount)
+            if not self._take_cached(amount):
+                await self._aadmit(amount)
             try:
                 return await wrapped(*args, **kwargs)
             except BaseException as exc:
                 self._after_call(exc)
                 raise
             finally:
-                self._finish(amount, amount)
+                self._finish(amount)
 
         return wrapper
-
-
-class _Lookup:
-    """A decision that needs a lookup: the lookup count seen, and what to ask beyond the cost."""
-
-    __slots__ = ("extra", "seen")
-
-    def __init__(self, seen: int, extra: Decimal) -> None:
-        self.seen = seen
-        self.extra = extra
 
 
 class Spend:

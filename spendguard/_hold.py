@@ -149,5 +149,8 @@ class Hold:
 
     def _charge_locked(self, amount: Decimal) -> None:
         self._charged += amount
-        self._account.spent += amount
+        account = self._account
+        account.spent += amount
+        if account.limit is not None:
+            account.limit -= amount
         self._guard._spent += amount

@@ -6,8 +6,10 @@ import copy
 import math
 import threading
 import weakref
+from collections import Counter, deque
 from collections.abc import Callable
 from decimal import Decimal
+from itertools import islice
 from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
 import attrs
@@ -16,6 +18,7 @@ from ._check import Check, Source
 from ._errors import ProviderError
 
 if TYPE_CHECKING:
+    from ._guard import SpendGuard
     from ._hold import Hold
 
 Clock = Callable[[], float]
@@ -26,8 +29,9 @@ class Account:
 
     ``balance`` is the last looked-up balance, taken at ``balance_at``; ``fetched_at`` is
     the same time while the snapshot may be trusted, ``None`` once invalidated. ``spent``
-    is what guarded calls spent since that lookup began and ``held`` what calls in flight
-    hold. Read and write these under ``lock``.
+    is what guarded calls spent since that lookup began, ``limit`` is ``balance - spent``
+    (kept, not computed: a decision then subtracts once) and ``held`` is what calls in
+    flight hold. Read and write these under ``lock``.
     ``lookups`` counts finished lookups; it lets a thread that waited for someone else's
     lookup use that answer instead of making its own (single-flight).
 
@@ -36,6 +40,12 @@ class Account:
     for expired holds only when ``now >= next_expiry``. ``deferred`` collects endings
     that a garbage-collection finalizer could not perform on the spot; setting
     ``next_expiry`` to minus infinity makes the next decision perform them.
+
+    ``ended`` lists decorated calls that ended, with their guard and amount, whose
+    amount still counts as held rather than spent: appending to a deque is thread-safe
+    without ``lock``, which keeps a second lock section off every guarded call.
+    ``balance - spent - held`` is the same either way; :meth:`settle_ended` moves them
+    to spent before anything reads ``spent`` or ``held`` on their own.
     """
 
     __slots__ = (
@@ -44,14 +54,17 @@ class Account:
         "balance",
         "balance_at",
         "deferred",
+        "ended",
         "failure",
         "fetched_at",
         "held",
         "holds",
+        "limit",
         "lock",
         "lookups",
         "next_expiry",
         "refresh_lock",
+        "settle_lock",
         "spent",
     )
 
@@ -59,7 +72,9 @@ class Account:
         self.account_id = account_id
         self.lock = threading.Lock()
         self.refresh_lock = threading.Lock()
+        self.settle_lock = threading.Lock()
         self.balance: Decimal | None = None
+        self.limit: Decimal | None = None
         self.fetched_at: float | None = None
         self.balance_at: float | None = None
         self.spent = Decimal(0)
@@ -69,9 +84,13 @@ class Account:
         self.holds: dict[Hold, None] = {}
         self.next_expiry = math.inf
         self.deferred: list[Callable[[], None]] = []
+        self.ended: deque[tuple[SpendGuard, Decimal]] = deque()
 
-    def refresh(self, lookup: Callable[[], Check], seen: int, clock: Clock) -> Check | None:
-        """Run ``lookup`` unless another thread finished one since ``seen`` was read.
+    def refresh(
+        self, check: Callable[[Decimal], Check], beyond: Decimal, seen: int, clock: Clock
+    ) -> Check | None:
+        """Ask ``check(beyond + held)`` unless another thread finished a lookup since
+        ``seen`` was read.
 
         Returns the lookup's answer, or ``None`` when another thread's fresh snapshot
         is to be used instead. Re-raises the error of a lookup that failed while this
@@ -79,6 +98,7 @@ class Account:
         caller. Spending that ends while the lookup is in flight stays counted.
         """
         with self.refresh_lock:
+            self.settle_ended()
             with self.lock:
                 if self.lookups != seen:
                     failure = self.failure
@@ -88,8 +108,9 @@ class Account:
                         return None
                 started = clock()
                 spent_before = self.spent
+                asked = beyond + self.held
             try:
-                result = lookup()
+                result = check(asked)
             except ProviderError as exc:
                 with self.lock:
                     self.lookups += 1
@@ -99,9 +120,36 @@ class Account:
                 self.balance = result.available
                 self.fetched_at = self.balance_at = started
                 self.spent -= spent_before
+                self.limit = self.balance - self.spent
                 self.lookups += 1
                 self.failure = None
             return result
+
+    def settle_ended(self, wait: bool = True) -> None:
+        """Move the amounts in ``ended`` from held to spent, for the account and each guard.
+
+        ``wait=False`` returns at once when another thread is at it (keeping ``ended``
+        short is all that caller needs).
+        """
+        ended = self.ended
+        if not ended or not self.settle_lock.acquire(wait):
+            return
+        try:
+            # One thread pops at a time, so the len() entries are there; popped and
+            # counted in C. Not under ``lock``: a call inside its sections may hand over
+            # the GIL while holding it, and every other thread then queues on it.
+            counts = Counter(islice(iter(ended.popleft, None), len(ended)))
+            for (guard, amount), times in counts.items():
+                moved = amount * times
+                with self.lock:
+                    self.held -= moved
+                    self.spent += moved
+                    if self.limit is not None:
+                        self.limit -= moved
+                    guard._held -= moved
+                    guard._spent += moved
+        finally:
+            self.settle_lock.release()
 
     def invalidate(self) -> None:
         """Forget the snapshot's freshness; the next decision looks the balance up."""

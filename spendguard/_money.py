@@ -19,8 +19,9 @@ _DIGITS = re.compile(r"(?P<int>\d{1,3}(?:,\d{3})+|\d+)(?P<frac>\.\d+)?")
 
 _ZERO = Decimal(0)
 _INT_MAX = int(MAX_MAGNITUDE)
-_TEXT_CACHE_SIZE = 256
-# Amounts written as text recur (cost="0.5"); parsing them once keeps the hot path cheap.
+_CACHE_SIZE = 256
+# Amounts recur (cost=2, cost="0.5"): converting each once keeps the hot path cheap.
+_INT_AMOUNTS: dict[int, Decimal] = {}
 _TEXT_AMOUNTS: dict[str, Decimal] = {}
 
 Amount = int | str | Decimal | float
@@ -37,8 +38,14 @@ def to_amount(value: object, *, name: str = "amount") -> Decimal:
         ValueError: ``value`` is not a number, or is negative, NaN or infinite.
     """
     if type(value) is int:
+        cached = _INT_AMOUNTS.get(value)
+        if cached is not None:
+            return cached
         if 0 <= value <= _INT_MAX:
-            return Decimal(value)
+            result = Decimal(value)
+            if len(_INT_AMOUNTS) < _CACHE_SIZE:
+                _INT_AMOUNTS[value] = result
+            return result
     elif type(value) is Decimal:
         if value.is_finite() and 0 <= value <= MAX_MAGNITUDE:
             return value if value else _ZERO
@@ -47,7 +54,7 @@ def to_amount(value: object, *, name: str = "amount") -> Decimal:
         if cached is not None:
             return cached
         result = _to_amount(value, name)
-        if len(_TEXT_AMOUNTS) < _TEXT_CACHE_SIZE:
+        if len(_TEXT_AMOUNTS) < _CACHE_SIZE:
             _TEXT_AMOUNTS[value] = result
         return result
     return _to_amount(value, name)

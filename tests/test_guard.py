@@ -7,7 +7,6 @@ import logging
 import threading
 from decimal import Decimal
 
-import attrs
 import pytest
 import requests
 
@@ -127,7 +126,7 @@ def test_check_and_require(hyper3d: sg.Hyper3D) -> None:
     """check() reports a shortfall; require() raises it; neither holds anything."""
     guard = sg.SpendGuard(hyper3d)
     check = guard.check("12.5")
-    assert attrs.evolve(check, age=None) == sg.Check(
+    assert check._replace(age=None) == sg.Check(
         False, Decimal("12.5"), Decimal(10), Decimal("2.5"), "credits", "remote"
     )
     assert check.age is not None
