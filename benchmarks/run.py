@@ -4,8 +4,9 @@
     python benchmarks/run.py            # full run
     python benchmarks/run.py --quick    # smoke run, well under 30 s
 
-Every timing is a ratio against a baseline measured in the same process, so the figures
-hold on a noisy machine. Timing targets are reported as met / not met, never asserted;
+Every timing is a ratio against a baseline measured in the same process, over rounds that
+alternate between candidates and taken on each one's best round, so the figures hold on a
+noisy machine. Timing targets are reported as met / not met, never asserted;
 the run fails (exit 1) only when an exact property breaks: the number of HTTP lookups.
 """
 
