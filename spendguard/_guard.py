@@ -857,34 +857,40 @@ class SpendGuard:
                 entry = (self, amount)
             now = clock()
             taken = False
-            if plain and now < account.next_expiry:
-                with lock:
-                    fetched_at = account.fetched_at
-                    if fetched_at is not None and now - fetched_at <= self.ttl:
-                        available = account.limit - account.held  # type: ignore[operator]
-                        if self.floor:
-                            available -= self.floor
-                        if available >= amount and (
-                            self.budget is None or self.budget - self._spent - self._held >= amount
-                        ):
-                            account.held += amount
-                            self._held += amount
-                            self._hits += 1
-                            taken = True
-            if not taken:
-                admit(amount)
+            # The finally clause owns the hold from the moment it is taken, inside the lock
+            # section where no signal is handled: a KeyboardInterrupt cannot strand it.
             try:
+                if plain and now < account.next_expiry:
+                    with lock:
+                        fetched_at = account.fetched_at
+                        if fetched_at is not None and now - fetched_at <= self.ttl:
+                            available = account.limit - account.held  # type: ignore[operator]
+                            if self.floor:
+                                available -= self.floor
+                            if available >= amount and (
+                                self.budget is None
+                                or self.budget - self._spent - self._held >= amount
+                            ):
+                                account.held += amount
+                                self._held += amount
+                                self._hits += 1
+                                taken = True
+                if not taken:
+                    admit(amount)
+                    taken = True
                 return fn(*args, **kwargs)
             except BaseException as exc:
-                after_call(exc)
+                if taken:
+                    after_call(exc)
                 raise
             finally:
-                if record is None:
-                    finish(amount)
-                else:
-                    record(entry)
-                    if len(ended) > _BACKLOG:
-                        settle(False)
+                if taken:
+                    if record is None:
+                        finish(amount)
+                    else:
+                        record(entry)
+                        if len(ended) > _BACKLOG:
+                            settle(False)
 
         return guarded
 
@@ -908,34 +914,38 @@ class SpendGuard:
                 entry = (self, amount)
             now = clock()
             taken = False
-            if plain and now < account.next_expiry:
-                with lock:
-                    fetched_at = account.fetched_at
-                    if fetched_at is not None and now - fetched_at <= self.ttl:
-                        available = account.limit - account.held  # type: ignore[operator]
-                        if self.floor:
-                            available -= self.floor
-                        if available >= amount and (
-                            self.budget is None or self.budget - self._spent - self._held >= amount
-                        ):
-                            account.held += amount
-                            self._held += amount
-                            self._hits += 1
-                            taken = True
-            if not taken:
-                await aadmit(amount)
-            try:
+            try:  # as in _guard_function
+                if plain and now < account.next_expiry:
+                    with lock:
+                        fetched_at = account.fetched_at
+                        if fetched_at is not None and now - fetched_at <= self.ttl:
+                            available = account.limit - account.held  # type: ignore[operator]
+                            if self.floor:
+                                available -= self.floor
+                            if available >= amount and (
+                                self.budget is None
+                                or self.budget - self._spent - self._held >= amount
+                            ):
+                                account.held += amount
+                                self._held += amount
+                                self._hits += 1
+                                taken = True
+                if not taken:
+                    await aadmit(amount)
+                    taken = True
                 return await fn(*args, **kwargs)
             except BaseException as exc:
-                after_call(exc)
+                if taken:
+                    after_call(exc)
                 raise
             finally:
-                if record is None:
-                    finish(amount)
-                else:
-                    record(entry)
-                    if len(ended) > _BACKLOG:
-                        settle(False)
+                if taken:
+                    if record is None:
+                        finish(amount)
+                    else:
+                        record(entry)
+                        if len(ended) > _BACKLOG:
+                            settle(False)
 
         return guarded_coroutine
 

@@ -110,6 +110,8 @@ def test_raising_calls_still_count_as_spent() -> None:
     assert guard.held == 0
     with pytest.raises(sg.InsufficientCredits):
         fail()
+    assert guard.spent == 4  # a refused call never started, so it spent nothing
+    assert guard.held == 0
 
 
 @settings(max_examples=30, deadline=None)
