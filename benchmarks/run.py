@@ -55,6 +55,12 @@ class Wallet:
         return sg.Check.of(amount, self.balance, self.unit, "remote")
 
 
+@wrapt.decorator
+def noop(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+    """The baseline: a wrapt decorator that does nothing but call through."""
+    return wrapped(*args, **kwargs)
+
+
 def table(title: str, header: tuple[str, ...], rows: list[tuple[Any, ...]]) -> None:
     """Print a plain-text table."""
     widths = [max(len(str(x)) for x in column) for column in zip(header, *rows, strict=True)]
@@ -119,10 +125,6 @@ def hot_path(number: int, rounds: int) -> dict[str, float]:
     @functools.wraps(bare)
     def wraps_noop() -> int:
         return bare()
-
-    @wrapt.decorator
-    def noop(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
-        return wrapped(*args, **kwargs)
 
     @noop
     def wrapt_noop() -> int:
@@ -287,10 +289,6 @@ def threads(calls: int, rounds: int) -> None:
     @guard(cost=1)
     def guarded() -> int:
         return 1
-
-    @wrapt.decorator
-    def noop(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
-        return wrapped(*args, **kwargs)
 
     @noop
     def wrapt_noop() -> int:
