@@ -14,16 +14,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import shutil
-import socket
-import subprocess
 import sys
-import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from decimal import Decimal
 
 import spendguard as sg
+from spendguard.testing import RedisServer
 
 try:
     from spendguard.redis import RedisLedger
@@ -45,30 +43,6 @@ class Wallet:
 
     def check(self, amount: Decimal) -> sg.Check:
         return sg.Check.of(amount, self.balance, self.unit, "remote")
-
-
-@contextlib.contextmanager
-def redis_server() -> Iterator[str]:
-    """A throwaway redis-server without persistence on a free loopback port."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        sys.exit("redis-server is not on PATH: install it, or pass --url")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    with tempfile.TemporaryDirectory() as directory:
-        argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
-        argv += ["--appendonly", "no", "--dir", directory]
-        process = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
-        try:
-            for _ in range(500):
-                with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port)):
-                    break
-                time.sleep(0.01)
-            yield f"redis://127.0.0.1:{port}/0"
-        finally:
-            process.terminate()
-            process.wait(10)
 
 
 def rate(op: Callable[[], object], threads: int, seconds: float) -> tuple[int, float]:
@@ -109,7 +83,9 @@ def main() -> int:
     args = parser.parse_args()
     seconds = 0.3 if args.quick else 1.0
     with contextlib.ExitStack() as stack:
-        url = args.url or stack.enter_context(redis_server())
+        if not args.url and shutil.which("redis-server") is None:
+            sys.exit("redis-server is not on PATH: install it, or pass --url")
+        url = args.url or stack.enter_context(RedisServer()).url
         ledger = stack.enter_context(RedisLedger.from_url(url))
         rows = []
         failed = False

@@ -18,17 +18,13 @@ import contextlib
 import multiprocessing
 import os
 import shutil
-import socket
-import subprocess
 import sys
-import tempfile
-import time
 from collections.abc import Iterator
 
 import requests
 
 import spendguard as sg
-from spendguard.testing import ProviderSimulator
+from spendguard.testing import ProviderSimulator, RedisServer
 
 WORKERS = 4
 PROMPTS_PER_WORKER = 5
@@ -67,26 +63,11 @@ def redis_url() -> Iterator[str | None]:
     if os.environ.get("REDIS_URL"):
         yield os.environ["REDIS_URL"]
         return
-    binary = shutil.which("redis-server")
-    if binary is None:
+    if shutil.which("redis-server") is None:
         yield None
         return
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    with tempfile.TemporaryDirectory() as directory:
-        argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
-        argv += ["--appendonly", "no", "--dir", directory]
-        server = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
-        try:
-            for _ in range(500):
-                with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port)):
-                    break
-                time.sleep(0.01)
-            yield f"redis://127.0.0.1:{port}/0"
-        finally:
-            server.terminate()
-            server.wait(10)
+    with RedisServer() as server:
+        yield server.url
 
 
 def main() -> int:

@@ -47,7 +47,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any, Literal, TypeAlias
 
-__all__ = ["Charge", "ProviderSimulator", "RecordedRequest"]
+from ._redis_server import RedisServer
+
+__all__ = ["Charge", "ProviderSimulator", "RecordedRequest", "RedisServer"]
 
 Amount: TypeAlias = Decimal | str | int
 OrthogonalPrice: TypeAlias = str | Decimal | float | int

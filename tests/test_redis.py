@@ -25,11 +25,10 @@ import pytest
 import requests
 
 import spendguard as sg
-from spendguard.testing import ProviderSimulator
+from spendguard._redis_server import free_port
+from spendguard.testing import ProviderSimulator, RedisServer
 from tests.redis_server import (
     REDIS_SERVER,
-    RedisServer,
-    free_port,
     hold_forever,
     kill,
     spend_worker,
