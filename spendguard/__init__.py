@@ -6,7 +6,7 @@
 ... def generate(prompt): ...
 """
 
-from ._batch import AsyncBatch, Batch, Forecast, ItemCost, MapResult, Refusal
+from ._batch import AsyncBatch, Batch, Forecast, ItemCost
 from ._check import Check, Source
 from ._decision import Decision, Listener, Stats
 from ._errors import (
@@ -16,16 +16,20 @@ from ._errors import (
     InsufficientCredits,
     LedgerError,
     ProviderError,
+    ReentryError,
     SpendGuardError,
 )
-from ._guard import Cost, OnUnavailable, Spend, SpendGuard
+from ._guard import Cost, SpendGuard
 from ._hold import Hold, HoldState
 from ._hyper3d import Hyper3D
 from ._ledger import Admission, Ledger
+from ._map import MapResult, Refusal
 from ._money import Amount
 from ._orthogonal import Orthogonal
+from ._policy import OnUnavailable
 from ._provider import Provider
 from ._session import GuardedAdapter, GuardedSession
+from ._spend import Spend, current_hold
 from ._version import __version__
 
 __all__ = [
@@ -55,6 +59,7 @@ __all__ = [
     "Orthogonal",
     "Provider",
     "ProviderError",
+    "ReentryError",
     "Refusal",
     "Source",
     "Spend",
@@ -62,4 +67,5 @@ __all__ = [
     "SpendGuardError",
     "Stats",
     "__version__",
+    "current_hold",
 ]

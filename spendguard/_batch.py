@@ -1,34 +1,26 @@
-"""Batches: price a whole job, hold it before item one, count each item as it is done.
-
-Also the budget-aware ``map``: run a function over items, admitting only what the
-balance covers, and report what was refused.
-"""
+"""Batches: price a whole job, hold it before item one, count each item as it is done."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import math
 import threading
 import weakref
-from collections.abc import AsyncGenerator, AsyncIterable, Awaitable, Callable, Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import AsyncIterable, Awaitable, Callable, Iterable
 from decimal import Decimal
 from types import TracebackType
 from typing import TYPE_CHECKING, Generic, TypeVar
 
 import attrs
 
-from ._errors import ConfigurationError, InsufficientCredits
+from ._engine import to_atoms
 from ._hold import Hold
-from ._money import Amount, format_amount, to_amount
+from ._money import Amount, format_amount, from_atoms, to_amount
 from ._progress import ProgressBar, bar_factory
 
 if TYPE_CHECKING:
-    from ._guard import Spend, SpendGuard, _Outcome
+    from ._engine import Engine
+    from ._policy import Outcome
 
 T = TypeVar("T")
-R = TypeVar("R")
 
 ItemCost = Amount | Callable[[T], Amount]
 """A fixed amount per item, or a callable receiving one item and returning its amount."""
@@ -80,42 +72,6 @@ class Forecast:
             if self.shortfall:
                 text += f", short by {format_amount(self.shortfall, unit, bare=True)}"
         return f"{text} ({self.reason})" if self.reason else text
-
-
-@attrs.frozen
-class Refusal(Generic[T]):
-    """An item :meth:`SpendGuard.map` did not run because the account could not pay for it.
-
-    Attributes:
-        index: Its position among the items.
-        item: The item itself.
-        error: The refusal, with what was required and available.
-    """
-
-    index: int
-    item: T
-    error: InsufficientCredits
-
-
-@attrs.frozen(repr=False)
-class MapResult(Generic[T, R]):
-    """What :meth:`SpendGuard.map` did. Every item is either in ``results`` or in ``refused``.
-
-    Attributes:
-        results: What the function returned for each item that ran, in the items' order.
-        refused: The items that did not run for lack of credit, in order, with their errors.
-    """
-
-    results: tuple[R, ...]
-    refused: tuple[Refusal[T], ...]
-
-    @property
-    def ok(self) -> bool:
-        """Whether every item ran."""
-        return not self.refused
-
-    def __repr__(self) -> str:
-        return f"<MapResult {len(self.results)} ran, {len(self.refused)} refused>"
 
 
 class Batch(Generic[T]):
@@ -322,17 +278,24 @@ class AsyncBatch(Generic[T]):
 
 
 class _Cursor:
-    """Which of a batch's items were handed out and done.
+    """Which of a batch's items were handed out and done, and the hold that pays for them.
 
     Kept apart from the :class:`Batch` so that a finalizer can end it once the batch is
-    garbage-collected. Items are counted under the account's lock.
+    garbage-collected. Its own lock orders its counters; the engine keeps the money.
     """
 
-    __slots__ = ("_bar", "_costs", "done", "ended", "handed", "hold", "renewed_at", "total")
+    __slots__ = ("_bar", "_costs", "_engine", "_lock", "done", "ended", "handed", "hold", "total")
 
     def __init__(
-        self, hold: Hold | None, costs: list[Decimal], total: Decimal, bar: ProgressBar | None
+        self,
+        engine: Engine,
+        hold: Hold | None,
+        costs: list[int],
+        total: Decimal,
+        bar: ProgressBar | None,
     ) -> None:
+        self._engine = engine
+        self._lock = threading.Lock()
         self.hold = hold
         self._costs = costs
         self.total = total
@@ -340,30 +303,24 @@ class _Cursor:
         self.handed = 0
         self.done = 0
         self.ended = hold is None
-        self.renewed_at = -math.inf if hold is None else hold.created_at
 
     def take(self) -> int | None:
         """Count the item handed out last as done; the index of the next one, or ``None``."""
         hold = self.hold
         if hold is None:
             return None
-        with hold._account.lock:
+        with self._lock:
             if self.ended:
                 return None
-            counted = self._count_locked()
+            counted = self._count_locked(hold)
             index: int | None = self.handed
             if index == len(self._costs):
                 self.ended = True
                 index = None
             else:
                 self.handed += 1
-            shown = self._amounts_locked() if counted else None
-            renew = counted and index is not None and self._renew_due_locked(hold)
-        self._show(shown)
-        if renew:
-            shared = hold._guard._shared
-            assert shared is not None
-            shared.renew_hold(hold)  # outside the lock: a round trip to the shared ledger
+        if counted:
+            self._show(hold)
         if index is None:
             self._finish(hold)
         return index
@@ -373,98 +330,79 @@ class _Cursor:
         hold = self.hold
         if hold is None:
             return
-        with hold._account.lock:
+        with self._lock:
             if self.ended:
                 return
-            counted = self._count_locked()
+            counted = self._count_locked(hold)
             self.ended = True
-            shown = self._amounts_locked() if counted else None
-        self._show(shown)
-        self._finish(hold)
+        try:
+            self._finish(hold)
+        finally:
+            if counted:
+                self._show(hold)
 
     def abandon(self) -> None:
         """:meth:`end`, called by the batch's finalizer.
 
-        The garbage collector may run it in a thread that holds the account's lock, or
-        inside a shared ledger's client; then it must not wait for either, so the ending
-        is left to the next decision on the account.
+        The garbage collector may run it in a thread that holds the account's lock or this
+        cursor's; then it must not wait for either, so the ending is left to the next
+        decision on the account.
         """
         hold = self.hold
         if hold is None:
             return
-        account = hold._account
-        if hold._guard._shared is None and account.lock.acquire(blocking=False):
+        account = self._engine.account
+        if self._engine.fleet is None and account.lock.acquire(blocking=False):
             account.lock.release()
-            self.end()
-        else:
-            account.defer(self.end)
+            if self._lock.acquire(blocking=False):
+                self._lock.release()
+                self.end()
+                return
+        account.defer(self.end)
 
-    def _count_locked(self) -> bool:
+    def _count_locked(self, hold: Hold) -> bool:
+        """Charge the item handed out last (conservatively before counting it done)."""
         if self.done == self.handed:
             return False
-        assert self.hold is not None
-        self.hold._consume_locked(self._costs[self.done], self.hold._guard._clock())
+        engine = self._engine
+        ticket = hold
+        engine.consume(ticket, self._costs[self.done])
         self.done += 1
-        return True
-
-    def _renew_due_locked(self, hold: Hold) -> bool:
-        """Whether to renew the hold in the shared ledger now: the local hold is renewed
-        with every item, the ledger's (a round trip) at most once per quarter of the
-        ledger's own expiry, which may be shorter than ``hold_ttl``."""
-        shared = hold._guard._shared
-        if shared is None or hold._state != "held":
-            return False
-        expiry = min(hold._ttl, getattr(shared.ledger, "max_hold_ttl", math.inf))
-        now = hold._guard._clock()
-        if now - self.renewed_at < expiry / 4:
-            return False
-        self.renewed_at = now
+        engine.account.renew(ticket, engine.clock() + engine.hold_ttl)
         return True
 
     def _finish(self, hold: Hold) -> None:
-        """End the hold at what the items done cost, through the guard (outside the lock:
-        a shared ledger ends its own hold over the network)."""
-        self._close_bar()
-        charged = hold.charged or None
+        """Release what the items not done still hold (the hold ends), then close the bar."""
         try:
-            hold._guard._end_hold(hold, charged)
+            self._engine.end(hold, None)
         finally:
-            hold._end(charged)  # idempotent: ends the local hold even if the ledger failed
+            bar, self._bar = self._bar, None
+            if bar is not None:
+                bar.close()
 
-    def _amounts_locked(self) -> tuple[Decimal, Decimal, Decimal] | None:
-        """Spent, held and available for the progress bar, if there is one."""
-        hold = self.hold
-        if self._bar is None or hold is None:
-            return None
-        return hold._charged, hold._held, hold._guard._available_locked()
-
-    def _show(self, amounts: tuple[Decimal, Decimal, Decimal] | None) -> None:
-        if amounts is not None and self._bar is not None:
-            self._bar.advance(*amounts)
-
-    def _close_bar(self) -> None:
-        bar, self._bar = self._bar, None
+    def _show(self, hold: Hold) -> None:
+        bar = self._bar
         if bar is not None:
-            bar.close()
+            bar.advance(hold.charged, hold.held, from_atoms(self._engine.available_now()))
 
 
 # -- pricing and holding -----------------------------------------------------------------
 
 
-def pricer(cost: ItemCost[T]) -> Callable[[T], Decimal]:
-    """A function pricing one item.
+def pricer(cost: ItemCost[T]) -> Callable[[T], int]:
+    """A function pricing one item, in atoms.
 
     Raises:
         TypeError, ValueError: A fixed ``cost`` is not a valid amount.
     """
     if callable(cost):
         price = cost
-        return lambda item: to_amount(price(item), name="cost")
-    fixed = to_amount(cost, name="cost")
+        return lambda item: to_atoms(to_amount(price(item), name="cost"))
+    fixed = to_atoms(to_amount(cost, name="cost"))
     return lambda item: fixed
 
 
-def price_all(items: Iterable[T], cost: ItemCost[T]) -> tuple[list[T], list[Decimal]]:
+def price_all(items: Iterable[T], cost: ItemCost[T]) -> tuple[list[T], list[int]]:
     """Read ``items`` into a list and price each one, in order."""
     if isinstance(items, AsyncIterable) and not isinstance(items, Iterable):
         raise TypeError("items is an async iterable: use guard.abatch() or guard.aforecast()")
@@ -473,9 +411,11 @@ def price_all(items: Iterable[T], cost: ItemCost[T]) -> tuple[list[T], list[Deci
     return listed, [price(item) for item in listed]
 
 
-def fitting(costs: list[Decimal], available: Decimal) -> tuple[int, Decimal]:
+def fitting(costs: list[int], available: int | None) -> tuple[int, int]:
     """How many of the first items fit in ``available``, and what they cost together."""
-    total = _ZERO
+    total = 0
+    if available is None:
+        return len(costs), sum(costs)
     for count, cost in enumerate(costs):
         if total + cost > available:
             return count, total
@@ -483,31 +423,35 @@ def fitting(costs: list[Decimal], available: Decimal) -> tuple[int, Decimal]:
     return len(costs), total
 
 
-def forecast(guard: SpendGuard, costs: list[Decimal], outcome: _Outcome) -> Forecast:
+def forecast(engine: Engine, costs: list[int], outcome: Outcome) -> Forecast:
     """Turn a decision about a batch's total into a :class:`Forecast`."""
-    total = sum(costs, _ZERO)
-    admitted, available, source = outcome[:3]
+    total = sum(costs)
+    available = 0 if outcome.available is None else outcome.available
     reason = None
-    if admitted:
+    if outcome.admitted:
         affordable = len(costs)
-        if source == "fallback":
+        if outcome.source == "fallback":
             reason = "the balance is unavailable; the failure policy lets the batch through"
     else:
         affordable = fitting(costs, available)[0]
-        reason = guard._refusal(total, outcome).reason
+        reason = engine.refusal(total, outcome).reason
         if affordable == len(costs):
             affordable = 0
-    shortfall = max(total - available, _ZERO) if affordable < len(costs) else _ZERO
-    return Forecast(len(costs), total, available, affordable, shortfall, guard.unit, reason)
+    shortfall = max(total - available, 0) if affordable < len(costs) else 0
+    return Forecast(
+        len(costs),
+        from_atoms(total),
+        from_atoms(available),
+        affordable,
+        from_atoms(shortfall),
+        engine.unit,
+        reason,
+    )
 
 
 def _shrink(
-    guard: SpendGuard,
-    costs: list[Decimal],
-    asked: Decimal,
-    outcome: _Outcome,
-    partial: bool,
-) -> tuple[int, Decimal]:
+    engine: Engine, costs: list[int], asked: int, outcome: Outcome, partial: bool
+) -> tuple[int, int]:
     """After a refusal of ``asked``: how many items to ask for next, and their cost.
 
     Raises:
@@ -515,72 +459,73 @@ def _shrink(
             the refusal was not about the balance (the provider's own check said no),
             so no shorter batch can be known to fit.
     """
-    count, amount = fitting(costs, outcome[1])
+    count, amount = fitting(costs, outcome.available)
     if not partial:
-        error = guard._refusal(asked, outcome)
-        raise InsufficientCredits(
-            required=asked,
-            available=error.available,
-            unit=error.unit,
-            provider=error.provider,
-            reason=error.reason,
-            affordable=count if amount < asked else 0,
-        )
+        raise engine.refusal(asked, outcome, affordable=count if amount < asked else 0)
     if amount >= asked:
-        raise guard._refusal(asked, outcome)
+        raise engine.refusal(asked, outcome)
     return count, amount
 
 
-def hold_batch(guard: SpendGuard, costs: list[Decimal], partial: bool) -> tuple[int, Decimal]:
-    """Hold the cost of all items, or of the longest prefix that fits; how many, and what."""
-    count, amount = len(costs), sum(costs, _ZERO)
+def _new_hold(engine: Engine, amount: int, count: int, label: str | None) -> Hold:
+    return Hold(engine, from_atoms(amount), amount, label or f"batch of {count} items")
+
+
+def hold_batch(
+    engine: Engine, costs: list[int], partial: bool, label: str | None
+) -> tuple[Hold | None, int]:
+    """Hold the cost of all items, or of the longest prefix that fits: the hold (``None``
+    when none fits) and how many items it pays for."""
+    count, amount = len(costs), sum(costs)
     while count:
-        outcome = guard._decide(amount, hold=True)
-        if outcome[0]:
-            break
-        count, amount = _shrink(guard, costs, amount, outcome, partial)
-    return count, amount
+        hold = _new_hold(engine, amount, count, label)
+        outcome = engine.decide(amount, hold)
+        if outcome.admitted:
+            return hold, count
+        count, amount = _shrink(engine, costs, amount, outcome, partial)
+    return None, 0
 
 
 async def ahold_batch(
-    guard: SpendGuard, costs: list[Decimal], partial: bool
-) -> tuple[int, Decimal]:
+    engine: Engine, costs: list[int], partial: bool, label: str | None
+) -> tuple[Hold | None, int]:
     """:func:`hold_batch` for coroutines."""
-    count, amount = len(costs), sum(costs, _ZERO)
+    count, amount = len(costs), sum(costs)
     while count:
-        outcome = await guard._adecide(amount, hold=True)
-        if outcome[0]:
-            break
-        count, amount = _shrink(guard, costs, amount, outcome, partial)
-    return count, amount
+        hold = _new_hold(engine, amount, count, label)
+        outcome = await engine.adecide(amount, hold)
+        if outcome.admitted:
+            return hold, count
+        count, amount = _shrink(engine, costs, amount, outcome, partial)
+    return None, 0
 
 
 def open_batch(
-    guard: SpendGuard,
+    engine: Engine,
     items: list[T],
-    costs: list[Decimal],
-    held: tuple[int, Decimal],
+    costs: list[int],
+    held: tuple[Hold | None, int],
     *,
     bars: _BarFactory | None,
     label: str | None,
 ) -> Batch[T]:
-    """Wrap what :func:`hold_batch` held in a :class:`Batch` that owns it."""
-    count, amount = held
-    hold = None
-    bar = None
-    if count:
-        hold = Hold(guard, amount, label=label or f"batch of {count} items")
-        try:
-            bar = None if bars is None else bars(count, guard.unit, label or guard.name)
-        except BaseException:
+    """Wrap what :func:`hold_batch` held in a :class:`Batch` that owns it; whatever goes
+    wrong before the batch exists releases the hold."""
+    hold, count = held
+    try:
+        bar = None
+        if hold is not None and bars is not None:
+            bar = bars(count, engine.unit, label or engine.name)
+        cursor = _Cursor(engine, hold, costs[:count], _ZERO if hold is None else hold.amount, bar)
+        return Batch(items[:count], items[count:], cursor, engine.unit)
+    except BaseException:
+        if hold is not None:
             hold.release()
-            raise
-    cursor = _Cursor(hold, costs[:count], amount, bar)
-    return Batch(items[:count], items[count:], cursor, guard.unit)
+        raise
 
 
 def start_batch(
-    guard: SpendGuard,
+    engine: Engine,
     items: Iterable[T],
     cost: ItemCost[T],
     *,
@@ -591,12 +536,12 @@ def start_batch(
     """Everything :meth:`SpendGuard.batch` does."""
     bars = bar_factory() if progress else None
     listed, costs = price_all(items, cost)
-    held = hold_batch(guard, costs, partial)
-    return open_batch(guard, listed, costs, held, bars=bars, label=label)
+    held = hold_batch(engine, costs, partial, label)
+    return open_batch(engine, listed, costs, held, bars=bars, label=label)
 
 
 def start_abatch(
-    guard: SpendGuard,
+    engine: Engine,
     items: Iterable[T] | AsyncIterable[T],
     cost: ItemCost[T],
     *,
@@ -611,8 +556,8 @@ def start_abatch(
     async def begin() -> Batch[T]:
         listed = await read_items(items)
         costs = [price(item) for item in listed]
-        held = await ahold_batch(guard, costs, partial)
-        return open_batch(guard, listed, costs, held, bars=bars, label=label)
+        held = await ahold_batch(engine, costs, partial, label)
+        return open_batch(engine, listed, costs, held, bars=bars, label=label)
 
     return AsyncBatch(begin)
 
@@ -622,155 +567,3 @@ async def read_items(items: Iterable[T] | AsyncIterable[T]) -> list[T]:
     if isinstance(items, AsyncIterable):
         return [item async for item in items]
     return list(items)
-
-
-# -- map -------------------------------------------------------------------------------
-
-
-def _check_workers(workers: int) -> None:
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise ConfigurationError(f"workers must be a positive integer, got {workers!r}")
-
-
-def _name(fn: object) -> str:
-    return str(getattr(fn, "__qualname__", None) or type(fn).__name__)
-
-
-def map_items(
-    guard: SpendGuard,
-    fn: Callable[[T], R],
-    items: Iterable[T],
-    cost: ItemCost[T],
-    workers: int,
-) -> MapResult[T, R]:
-    """Everything :meth:`SpendGuard.map` does."""
-    _check_workers(workers)
-    price = pricer(cost)
-    name = _name(fn)
-    slots = threading.BoundedSemaphore(workers)
-    failed = threading.Event()
-    running: list[Future[R]] = []
-    refused: list[Refusal[T]] = []
-
-    def run(block: Spend, item: T) -> R:
-        try:
-            try:
-                result = fn(item)
-            except BaseException as exc:
-                failed.set()
-                block.__exit__(type(exc), exc, exc.__traceback__)
-                raise
-            block.__exit__(None, None, None)
-            return result
-        finally:
-            slots.release()
-
-    with ThreadPoolExecutor(workers, thread_name_prefix="spendguard-map") as pool:
-        for index, item in enumerate(items):
-            block = guard.spend(price(item), label=f"{name}[{index}]")
-            slots.acquire()
-            if failed.is_set():
-                slots.release()
-                break
-            try:
-                block.__enter__()
-            except InsufficientCredits as error:
-                slots.release()
-                refused.append(Refusal(index, item, error))
-                continue
-            except BaseException:
-                slots.release()
-                raise
-            try:
-                running.append(pool.submit(run, block, item))
-            except BaseException:
-                slots.release()
-                _release(block)
-                raise
-    return MapResult(_results(running), tuple(refused))
-
-
-async def amap_items(
-    guard: SpendGuard,
-    fn: Callable[[T], Awaitable[R]],
-    items: Iterable[T] | AsyncIterable[T],
-    cost: ItemCost[T],
-    workers: int,
-) -> MapResult[T, R]:
-    """Everything :meth:`SpendGuard.amap` does."""
-    _check_workers(workers)
-    price = pricer(cost)
-    name = _name(fn)
-    slots = asyncio.Semaphore(workers)
-    failed = asyncio.Event()
-    running: list[asyncio.Task[R]] = []
-    refused: list[Refusal[T]] = []
-
-    async def run(block: Spend, item: T) -> R:
-        try:
-            try:
-                result = await fn(item)
-            except BaseException as exc:
-                failed.set()
-                block.__exit__(type(exc), exc, exc.__traceback__)
-                raise
-            block.__exit__(None, None, None)
-            return result
-        finally:
-            slots.release()
-
-    try:
-        async with contextlib.aclosing(_aenumerate(items)) as numbered:
-            async for index, item in numbered:
-                block = guard.spend(price(item), label=f"{name}[{index}]")
-                await slots.acquire()
-                if failed.is_set():
-                    slots.release()
-                    break
-                try:
-                    await block.__aenter__()
-                except InsufficientCredits as error:
-                    slots.release()
-                    refused.append(Refusal(index, item, error))
-                    continue
-                except BaseException:
-                    slots.release()
-                    raise
-                running.append(asyncio.create_task(run(block, item)))
-    except BaseException:
-        for task in running:
-            task.cancel()
-        if running:
-            await asyncio.wait(running)
-        raise
-    if running:
-        await asyncio.wait(running)
-    return MapResult(_results(running), tuple(refused))
-
-
-def _results(done: list[Future[R]] | list[asyncio.Task[R]]) -> tuple[R, ...]:
-    """The results in order, or the first failure in order once every one was looked at."""
-    errors = [item.exception() for item in done]
-    for error in errors:
-        if error is not None:
-            raise error
-    return tuple(item.result() for item in done)
-
-
-def _release(block: Spend) -> None:
-    hold = block._hold
-    if hold is not None:
-        hold.release()
-
-
-async def _aenumerate(
-    items: Iterable[T] | AsyncIterable[T],
-) -> AsyncGenerator[tuple[int, T], None]:
-    if isinstance(items, AsyncIterable):
-        index = 0
-        async for item in items:
-            yield index, item
-            index += 1
-    else:
-        for pair in enumerate(items):
-            yield pair

@@ -5,7 +5,7 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Literal, NamedTuple
 
-from ._money import format_amount
+from ._money import CONTEXT, format_amount
 
 Source = Literal["cache", "remote", "fallback"]
 """Where a decision's balance came from: the cached snapshot, a lookup made for it, or
@@ -50,7 +50,7 @@ class Check(NamedTuple):
         age: float | None = None,
     ) -> Check:
         """Build a check from what is required and what is available."""
-        shortfall = required - available
+        shortfall = CONTEXT.subtract(required, available)
         if shortfall > 0:
             return cls(False, required, available, shortfall, unit, source, age)
         return cls(True, required, available, Decimal(0), unit, source, age)

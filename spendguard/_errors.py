@@ -8,6 +8,8 @@ The tree::
     │   ├── AuthenticationError      401 / 403: the key is wrong or lacks access
     │   └── BalanceUnavailable       timeout, connection error, 429 or 5xx after retries
     ├── LedgerError                  the shared ledger (Redis) is down, slow or lost its state
+    ├── ReentryError                 (also a RuntimeError) a balance lookup called back into
+    │                                the guard that was looking it up
     └── ConfigurationError           (also a ValueError) a missing key, a bad URL, a bad option
         └── UnknownPrice             (spendguard.pricing) a tier or addon with no known price
 
@@ -20,7 +22,9 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
-from ._money import format_amount
+from ._money import CONTEXT, format_amount, tidy
+
+_ZERO = Decimal(0)
 
 __all__ = [
     "AuthenticationError",
@@ -29,6 +33,7 @@ __all__ = [
     "InsufficientCredits",
     "LedgerError",
     "ProviderError",
+    "ReentryError",
     "SpendGuardError",
 ]
 
@@ -63,7 +68,8 @@ class InsufficientCredits(SpendGuardError):
     ) -> None:
         self.required = required
         self.available = available
-        self.shortfall = max(required - available, Decimal(0))
+        difference = CONTEXT.subtract(required, available)
+        self.shortfall = tidy(difference) if difference > 0 else _ZERO
         self.unit = unit
         self.provider = provider
         self.reason = reason
@@ -165,6 +171,15 @@ class LedgerError(SpendGuardError):
             _rebuild_ledger_error,
             (type(self), self.message, {"ledger": self.ledger, "retry_after": self.retry_after}),
         )
+
+
+class ReentryError(SpendGuardError, RuntimeError):
+    """A balance lookup asked the guard for a decision while the guard waited for that
+    lookup: a custom provider, or a log handler on ``spendguard``, called back into it.
+
+    Waiting would never end, so the inner call raises this instead. Decide outside the
+    provider's methods and outside log handlers.
+    """
 
 
 class ConfigurationError(SpendGuardError, ValueError):

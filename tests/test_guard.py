@@ -207,12 +207,17 @@ def test_spend_refuses_the_block(hyper3d: sg.Hyper3D) -> None:
     assert guard.held == 0
 
 
-def test_spend_object_is_not_reentrant(hyper3d: sg.Hyper3D) -> None:
-    """Entering one active spend() twice is a clear error."""
+def test_one_spend_object_entered_twice_holds_twice(hyper3d: sg.Hyper3D) -> None:
+    """Entering one spend() again while it is active holds anew; each exit ends its own."""
     guard = sg.SpendGuard(hyper3d)
     block = guard.spend(1)
-    with block, pytest.raises(RuntimeError, match="already active"), block:
-        pass
+    with block as outer:
+        with block as inner:
+            assert inner is not outer
+            assert guard.held == 2
+        assert (outer.state, inner.state) == ("held", "settled")
+        assert guard.held == 1
+    assert (guard.held, guard.spent) == (0, 2)
 
 
 @pytest.mark.parametrize("cost", [-1, "-0.5", "abc", float("nan"), "inf"])
@@ -314,7 +319,8 @@ def test_generators_are_refused(hyper3d: sg.Hyper3D) -> None:
 def test_payment_required_invalidates_the_cache(
     sim: ProviderSimulator, hyper3d: sg.Hyper3D
 ) -> None:
-    """A 402 raised by the guarded call counts as charged and drops the cached balance."""
+    """A 402 raised by the guarded call releases its hold (nothing was charged) and drops
+    the cached balance."""
     guard = sg.SpendGuard(hyper3d)
 
     @guard(cost=1)
@@ -327,7 +333,7 @@ def test_payment_required_invalidates_the_cache(
         generate()
     assert guard.check(1).source == "remote"
     assert sim.count(H3D_BALANCE) == 2
-    assert guard.spent == 1
+    assert (guard.spent, guard.held) == (0, 0)
 
 
 def test_unavailable_raises_by_default(sim: ProviderSimulator, hyper3d: sg.Hyper3D) -> None:

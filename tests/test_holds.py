@@ -8,13 +8,15 @@ import logging
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import spendguard as sg
-from spendguard._ledger import Account
+from spendguard._account import Account
+from spendguard._money import ATOM
 
 from .conftest import FakeClock
 
@@ -272,7 +274,7 @@ def test_decisions_do_not_scan_holds_before_one_is_due(monkeypatch: pytest.Monke
     sweeps = []
     original = Account.expire
 
-    def counting(self: Account, now: float) -> list[tuple[sg.Hold, float]]:
+    def counting(self: Account, now: float) -> list[Any]:
         sweeps.append(now)
         return original(self, now)
 
@@ -304,7 +306,7 @@ def test_finalizer_never_waits_for_a_held_lock() -> None:
     guard = _guard()
     batch = guard.batch(range(4), 1)
     next(batch)
-    with guard._lock:
+    with guard._engine.account.lock:
         batch._finalizer()
     assert guard.held == 4
     guard.check(0)
@@ -332,12 +334,12 @@ def test_random_interleavings_keep_the_invariants(
     """Spends, settles, releases, batches and cancellations from 4 threads: at every
     admission held >= 0 and spent + held <= balance - floor; nothing held at the end."""
     guard = _guard(balance, floor=floor)
-    account = guard._account
+    account = guard._engine.account
     broken: list[str] = []
 
     def admitted() -> None:
-        with guard._lock:
-            if account.held < 0 or account.spent + account.held > balance - floor:
+        with account.lock:
+            if account.held < 0 or account.spent + account.held > (balance - floor) * ATOM:
                 broken.append(f"held={account.held} spent={account.spent}")
 
     async def cancelled(amount: int, batch: bool) -> None:

@@ -70,7 +70,7 @@ def test_ended_calls_never_pile_up() -> None:
     longest = 0
     for _ in range(5_000):
         work()
-        longest = max(longest, len(guard._account.ended))
+        longest = max(longest, len(guard._engine.account.ended))
     assert 0 < longest <= 257
     assert guard.spent == 5_000
 

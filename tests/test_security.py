@@ -69,7 +69,9 @@ def test_key_never_leaks_anywhere(
         sg.Hyper3D(KEY, base_url=sim.url, timeout=1, retries=1) as h3d,
     ):
         strict = sg.SpendGuard(orth, on_decision=decisions.append, clock=clock)
-        lenient = sg.SpendGuard(h3d, on_unavailable="allow", on_decision=decisions.append)
+        lenient = sg.SpendGuard(
+            h3d, on_unavailable="allow", on_decision=decisions.append, clock=clock
+        )
         stale = sg.SpendGuard(
             h3d, on_unavailable="stale", on_decision=decisions.append, clock=clock, ttl=5
         )
