@@ -21,7 +21,6 @@ import threading
 import weakref
 from collections import deque
 from collections.abc import Callable
-from itertools import islice
 from typing import TYPE_CHECKING
 
 from ._check import Check, Source
@@ -144,7 +143,6 @@ class Account:
         "lookups",
         "next_expiry",
         "refresh_lock",
-        "settle_lock",
         "spent",
     )
 
@@ -153,7 +151,6 @@ class Account:
         self.clock = clock
         self.lock = threading.Lock()
         self.refresh_lock = threading.Lock()
-        self.settle_lock = threading.Lock()
         self.balance: int | None = None
         self.limit: int | None = None
         self.fetched_at: float | None = None
@@ -353,47 +350,39 @@ class Account:
             ticket.tally.spent += part
             return True
 
-    def settle_ended(self, wait: bool = True) -> list[Ticket]:
+    def settle_ended(self) -> list[Ticket]:
         """End the tickets in ``ended``: each charges what it holds, or releases it.
 
-        ``wait=False`` returns at once when another thread is at it (keeping ``ended``
-        short is all that caller needs). Returns the tickets that had a shared-ledger hold,
-        for the caller to end there (outside any lock: a network round trip).
+        Returns the tickets that had a shared-ledger hold, for the caller to end there
+        (outside any lock: a network round trip).
+
+        Each ticket leaves the queue only after it was ended, and ending is idempotent:
+        whatever interrupts the loop (a signal lands on its backward jump), the tickets
+        not yet ended are still queued.
         """
         ended = self.ended
-        if not ended:
-            return []
         fleet: list[Ticket] = []
-        if not self.settle_lock.acquire(wait):
+        if not ended:
             return fleet
-        with _Release(self.settle_lock):
-            # One thread pops at a time, so the len() entries are there; popped in C.
-            tickets = list(islice(iter(ended.popleft, None), len(ended)))
-            # Sums per guard first, then one write each: this loop runs once per call.
-            released: dict[Tally, list[int]] = {}
-            with self.lock:
-                for ticket in tickets:
-                    if ticket.phase != HELD:
-                        continue
+        with self.lock:
+            while ended:
+                ticket = ended[0]
+                if ticket.phase == HELD:
                     ticket.phase = ENDED
                     held = ticket.reserved
                     ticket.reserved = 0
-                    sums = released.get(ticket.tally)
-                    if sums is None:
-                        sums = released[ticket.tally] = [0, 0]
-                    sums[0] += held
-                    if ticket.charge:
-                        ticket.paid = held
-                        sums[1] += held
-                    if ticket.fleet is not None:
-                        fleet.append(ticket)
-                for tally, (held, spent) in released.items():
+                    tally = ticket.tally
                     self.held -= held
                     tally.held -= held
-                    self.spent += spent
-                    tally.spent += spent
-                    if self.limit is not None:
-                        self.limit -= spent
+                    if ticket.charge:
+                        ticket.paid = held
+                        self.spent += held
+                        tally.spent += held
+                        if self.limit is not None:
+                            self.limit -= held
+                    if ticket.fleet is not None:
+                        fleet.append(ticket)
+                ended.popleft()
         return fleet
 
     # -- open holds and expiry -----------------------------------------------------------
@@ -518,21 +507,6 @@ class Account:
             return self.limit, self.spent, self.held
 
 
-class _Release:
-    """Releases a lock already acquired (``acquire(blocking=False)`` cannot go in ``with``)."""
-
-    __slots__ = ("_lock",)
-
-    def __init__(self, lock: threading.Lock) -> None:
-        self._lock = lock
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        self._lock.release()
-
-
 class Accounts:
     """Hands out one :class:`Account` per account for as long as a guard uses it.
 
@@ -562,12 +536,13 @@ class Accounts:
             return account
 
     def reset(self) -> None:
-        """Forget every account: guards made afterwards start from an empty snapshot.
-
-        Guards already made keep the account they have.
-        """
+        """Forget every account's snapshot: guards made afterwards start from an empty
+        one, and guards already made look the balance up again (they keep their holds)."""
         with self._lock:
+            accounts = list(self._accounts.values())
             self._accounts.clear()
+        for account in accounts:
+            account.invalidate()
 
 
 ACCOUNTS = Accounts()

@@ -142,6 +142,7 @@ def _sync_closure(
                         ticket.tally = tally
                         ticket.paid = 0
                         ticket.fleet = None
+                        ticket.charge = False
                         ticket.phase = HELD
                         ticket.reserved = amount
             if ticket.phase != HELD:
@@ -156,7 +157,7 @@ def _sync_closure(
         finally:
             if ticket.phase == HELD:
                 append(ticket)
-                if len(ended) > BACKLOG or not plain:
+                if len(ended) > BACKLOG or not plain or not ticket.charge:
                     settle()
 
     CALL_CODES.add(guarded.__code__)
@@ -196,6 +197,7 @@ def _async_closure(
                         ticket.tally = tally
                         ticket.paid = 0
                         ticket.fleet = None
+                        ticket.charge = False
                         ticket.phase = HELD
                         ticket.reserved = amount
             if ticket.phase != HELD:
@@ -210,7 +212,7 @@ def _async_closure(
         finally:
             if ticket.phase == HELD:
                 append(ticket)
-                if len(ended) > BACKLOG or not plain:
+                if len(ended) > BACKLOG or not plain or not ticket.charge:
                     settle()
 
     CALL_CODES.add(guarded.__code__)

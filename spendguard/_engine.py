@@ -150,9 +150,9 @@ class Engine:
         self.account.invalidate()
 
     def settle_backlog(self) -> None:
-        """End the queued tickets of decorated calls: at once with a shared ledger (it
-        waits for its holds' ends), else only when no other thread is at it."""
-        for done in self.account.settle_ended(wait=self.fleet is not None):
+        """End the queued tickets of decorated calls (the queue is long, or a shared
+        ledger waits for its holds' ends)."""
+        for done in self.account.settle_ended():
             self._end_fleet(done)
 
     def settle(self) -> None:

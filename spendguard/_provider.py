@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import posixpath
 import threading
 from decimal import Decimal
 from typing import Any, Protocol, TypeVar, runtime_checkable
+from urllib.parse import urlsplit
 
 import requests
 
@@ -69,6 +71,25 @@ class Provider(Protocol):
 
 
 _P = TypeVar("_P", bound="HTTPProvider")
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+_LOCAL_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+def account_url(base_url: str) -> str:
+    """``base_url`` as one account knows it, whatever its spelling: scheme and host in
+    lower case, the port always given, ``localhost``, ``127.0.0.1`` and ``[::1]`` as one
+    name, and the path without dot segments or a trailing slash."""
+    parts = urlsplit(base_url)
+    scheme = parts.scheme.lower()
+    host = (parts.hostname or "").lower()
+    if host in _LOCAL_NAMES:
+        host = "localhost"
+    elif ":" in host:
+        host = f"[{host}]"
+    port = parts.port or _DEFAULT_PORTS.get(scheme, 0)
+    path = posixpath.normpath(parts.path) if parts.path else ""
+    path = "" if path in (".", "/", "//") else path.rstrip("/")
+    return f"{scheme}://{host}:{port}{path}"
 
 
 class HTTPProvider:
@@ -101,7 +122,7 @@ class HTTPProvider:
         self._session = build_session(retries) if session is None else session
         self._lock = threading.Lock()
         digest = hashlib.sha256(self._key.encode()).hexdigest()[:16]
-        self._account_id = f"{self.name}:{self.base_url}:{digest}"
+        self._account_id = f"{self.name}:{account_url(self.base_url)}:{digest}"
 
     @property
     def account_id(self) -> str:
