@@ -32,6 +32,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("spendguard")
 
 OnUnavailable = Literal["raise", "allow", "stale"]
+"""What a guard does when the balance cannot be looked up: refuse, let the call through, or
+decide from a recent balance (see ``SpendGuard(on_unavailable=...)``)."""
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
 R = TypeVar("R")
