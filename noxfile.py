@@ -1,8 +1,9 @@
 """The README's test command on every supported Python: ``nox`` (one run: ``nox -s tests-3.12``).
 
 nox finds ``python3.10`` ... ``python3.13`` on ``PATH``. Interpreters installed with pyenv
-are found too, without ``pyenv shell``: every installed 3.10-3.13 is made active for the
-run (as ``PYENV_VERSION``), so pyenv's shims answer for each of them.
+are found too, without ``pyenv shell``: the newest installed 3.10-3.13 are made active for
+the run (as ``PYENV_VERSION``, so pyenv's shims answer for each) and their directories
+are appended to ``PATH``.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import subprocess
 import nox
 
 PYTHONS = ["3.10", "3.11", "3.12", "3.13"]
+_PYENV_HOME_BIN = os.path.join(os.environ.get("PYENV_ROOT", os.path.expanduser("~/.pyenv")), "bin")
 
 nox.options.sessions = ["tests"]
 nox.options.download_python = "never"
@@ -21,7 +23,7 @@ nox.options.error_on_missing_interpreters = True
 
 
 def _activate_pyenv_versions() -> None:
-    pyenv = shutil.which("pyenv")
+    pyenv = shutil.which("pyenv") or shutil.which("pyenv", path=_PYENV_HOME_BIN)
     if pyenv is None or os.environ.get("PYENV_VERSION"):
         return
 
@@ -41,10 +43,13 @@ def _activate_pyenv_versions() -> None:
                 latest[minor] = max(latest.get(minor, ()), tuple(map(int, parts)))
     if not latest:
         return
+    versions = [".".join(map(str, v)) for v in latest.values()]
+    root = os.environ.setdefault("PYENV_ROOT", ask("root"))
     # The version already active stays first, so a plain ``python`` does not change.
-    chosen = ask("version-name").split()[:1] + [".".join(map(str, v)) for v in latest.values()]
-    os.environ.setdefault("PYENV_ROOT", ask("root"))
-    os.environ["PYENV_VERSION"] = ":".join(dict.fromkeys(chosen))
+    os.environ["PYENV_VERSION"] = ":".join(dict.fromkeys(ask("version-name").split() + versions))
+    # Without pyenv's shims on PATH, its interpreters are found at the end of PATH.
+    bins = [os.path.join(root, "versions", version, "bin") for version in versions]
+    os.environ["PATH"] = os.pathsep.join([os.environ.get("PATH", ""), *bins])
 
 
 _activate_pyenv_versions()

@@ -16,6 +16,7 @@ from typing import Any
 from typing_extensions import assert_type
 
 import spendguard as sg
+from spendguard.pricing import RODIN_PRICES, rodin_cost
 
 guard = sg.SpendGuard(sg.Hyper3D("key"), ttl=60)
 
@@ -95,7 +96,19 @@ guard.check(object())  # type: ignore[arg-type]
 
 with guard.spend("1.5", label="job") as hold:
     assert_type(hold, sg.Hold)
+    assert_type(hold.state, sg.HoldState)
     hold.settle("1.0")
+
+
+def on_decision(decision: sg.Decision) -> None:
+    assert_type(decision.shortfall, Decimal)
+
+
+watched = sg.SpendGuard(sg.Orthogonal("key"), on_decision=[on_decision], on_unavailable="stale")
+sg.SpendGuard(sg.Orthogonal("key"), on_unavailable="ignore")  # type: ignore[arg-type]
+assert_type(watched.session(), sg.GuardedSession)
+assert_type(sg.GuardedSession(watched, rodin_prices=RODIN_PRICES), sg.GuardedSession)
+assert_type(rodin_cost("Gen-2.5-High", ["HighPack"], prices=RODIN_PRICES), Decimal)
 
 
 # -- batches: Batch[T], AsyncBatch[T], forecasts, MapResult[T, R] ------------------------
