@@ -562,8 +562,8 @@ def test_simulate_exports_work_as_sourced() -> None:
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 @pytest.mark.timeout(TIMEOUT)
 def test_simulate_one_provider() -> None:
-    """simulate --provider exports one provider's key and URL only."""
-    with start_simulate("--provider", "orthogonal") as process:
+    """simulate --provider exports one provider's key and URL only; a negative balance works."""
+    with start_simulate("--provider", "orthogonal", "--orthogonal-usd", "-0.50") as process:
         try:
             exports = read_exports(process)
             result = spendguard("balance", "--json", env=environment(**exports))
@@ -574,7 +574,7 @@ def test_simulate_one_provider() -> None:
         "SPENDGUARD_ORTHOGONAL_URL",
         "SPENDGUARD_PROVIDER",
     }
-    assert json.loads(result.stdout)["balance"] == "5.00"
+    assert json.loads(result.stdout)["balance"] == "-0.50"
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
@@ -636,13 +636,6 @@ def test_simulate_rejects_bad_values_up_front(args: tuple[str, str], mention: st
     """Out-of-range balances and malformed faults exit 2 before serving, as check does."""
     result = spendguard("simulate", "--port", "0", *args, env=environment())
     assert_one_error_line(result, mention)
-
-
-def test_simulate_overdrawn_balance(capsys: pytest.CaptureFixture[str]) -> None:
-    """A negative simulated balance is accepted: it rehearses an overdrawn account."""
-    from spendguard._cli import _balance_amount
-
-    assert str(_balance_amount("-0.50", "--orthogonal-usd")) == "-0.50"
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX pipes")
