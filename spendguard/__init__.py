@@ -6,6 +6,8 @@
 ... def generate(prompt): ...
 """
 
+import logging as _logging
+
 from ._batch import AsyncBatch, Batch, Forecast, ItemCost
 from ._check import Check, Source
 from ._decision import Decision, Listener, Stats
@@ -31,6 +33,10 @@ from ._provider import Provider
 from ._session import GuardedAdapter, GuardedSession
 from ._spend import Spend, current_hold
 from ._version import __version__
+
+# A library leaves logging to the application: without its own configuration, nothing
+# spendguard logs reaches stderr through logging's last-resort handler.
+_logging.getLogger("spendguard").addHandler(_logging.NullHandler())
 
 __all__ = [
     "Admission",

@@ -2,38 +2,43 @@
 
 Commands::
 
-    spendguard balance [--provider orthogonal|hyper3d] [--json]
-    spendguard check AMOUNT [--provider orthogonal|hyper3d] [--floor X] [--json]
+    spendguard balance [--provider orthogonal|hyper3d] [--timeout S] [--retries N] [--json]
+    spendguard check AMOUNT [--provider ...] [--floor X] [--timeout S] [--retries N] [--json]
     spendguard demo
     spendguard simulate [--host H] [--port N] [--orthogonal-usd X] [--hyper3d-credits X]
-                        [--units-per-dollar N] [--key KEY]
+                        [--units-per-dollar N] [--key KEY] [--provider P]
+                        [--fail ROUTE=STATUS] [--slow ROUTE=SECONDS]
 
 Global options: ``--version``, ``-v/--verbose`` (DEBUG logs of logger ``spendguard`` on
-stderr, one line per HTTP lookup), ``--help``.
+stderr: one line per HTTP lookup, or per request the simulator serves), ``--help``.
 
-The provider is ``--provider``, else the one whose key is set: ``ORTHOGONAL_API_KEY``, or
-``HYPER3D_API_KEY``/``RODIN_API_KEY``. Base URLs come from ``SPENDGUARD_ORTHOGONAL_URL`` and
-``SPENDGUARD_HYPER3D_URL``, as in the library.
+The provider is ``--provider``, else ``SPENDGUARD_PROVIDER``, else the one whose key is
+set: ``ORTHOGONAL_API_KEY``, or ``HYPER3D_API_KEY``/``RODIN_API_KEY``. Base URLs come from
+``SPENDGUARD_ORTHOGONAL_URL`` and ``SPENDGUARD_HYPER3D_URL``, as in the library.
 
 Exit codes: 0 the account covers the amount (or the command succeeded); 1 ``check`` found
 it does not; 2 any error (bad arguments, no key, bad key, provider unreachable or answering
-nonsense), reported as one ``spendguard: error: ...`` line on stderr; 130 interrupted.
+nonsense), reported as one ``spendguard: error: ...`` line on stderr; 130 interrupted;
+141 stdout was closed early (``spendguard demo | head -3``), silently, like other tools.
 
 JSON output (``--json``) is one object on one line of stdout, with keys in this order.
 Amounts are strings holding exact decimals, never floats: US dollars keep at least two
 decimals (``"5.00"``, ``"0.001"``, ``"-0.50"``), credits have no trailing zeros (``"10"``,
-``"12.5"``). ``unit`` is ``"USD"`` or ``"credits"``. Errors are never JSON: they go to
-stderr as above.
+``"12.5"``). ``unit`` is ``"USD"`` or ``"credits"``. An error under ``--json`` is still one
+line on stderr, and stdout gets one object too (``status`` only for an HTTP answer)::
+
+    {"error": "hyper3d: the request timed out", "type": "BalanceUnavailable",
+     "provider": "hyper3d", "status": null}
 
 ``balance``::
 
     {"provider": "orthogonal", "unit": "USD", "balance": "5.00"}
 
-``check`` (``available`` is the balance minus ``--floor``; ``shortfall`` is
+``check`` (``available`` is the balance minus ``floor``; ``shortfall`` is
 ``max(required - available, 0)``; ``source`` is ``"remote"`` for a fresh lookup)::
 
     {"provider": "hyper3d", "unit": "credits", "sufficient": false, "required": "12",
-     "available": "10", "shortfall": "2", "source": "remote"}
+     "available": "10", "shortfall": "2", "source": "remote", "floor": "0"}
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import shlex
 import signal
@@ -49,15 +55,22 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from types import FrameType
 from typing import TYPE_CHECKING, Any, NoReturn
+from urllib.parse import urlsplit
 
 import requests
 
-from ._errors import AuthenticationError, ConfigurationError, InsufficientCredits, SpendGuardError
+from ._errors import (
+    AuthenticationError,
+    ConfigurationError,
+    InsufficientCredits,
+    ProviderError,
+    SpendGuardError,
+)
 from ._guard import SpendGuard
-from ._http import build_session, is_loopback, redact
+from ._http import DEFAULT_RETRIES, build_session, is_loopback, redact
 from ._hyper3d import Hyper3D
 from ._money import format_amount, to_amount
 from ._orthogonal import Orthogonal
@@ -79,14 +92,17 @@ EXIT_OK = 0
 EXIT_INSUFFICIENT = 1
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
+EXIT_CLOSED_PIPE = 141  # 128 + SIGPIPE, what a shell reports for tools cut off by `head`
+PROVIDER_VAR = "SPENDGUARD_PROVIDER"
 
 _BALANCE_JSON = '{"provider": "orthogonal", "unit": "USD", "balance": "5.00"}'
 _CHECK_JSON = (
     '{"provider": "hyper3d", "unit": "credits", "sufficient": false, "required": "12",\n'
-    '   "available": "10", "shortfall": "2", "source": "remote"}'
+    '   "available": "10", "shortfall": "2", "source": "remote", "floor": "0"}'
 )
 _ENVIRONMENT = """\
 environment:
+  SPENDGUARD_PROVIDER                orthogonal or hyper3d, when both keys are set
   ORTHOGONAL_API_KEY                 key for Orthogonal (US dollars)
   HYPER3D_API_KEY or RODIN_API_KEY   key for Hyper3D Rodin (credits)
   SPENDGUARD_ORTHOGONAL_URL          base URL instead of https://api.orthogonal.com
@@ -116,13 +132,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Returns:
         The exit code: 0 success, 1 ``check`` found the account short, 2 error,
-        130 interrupted.
+        130 interrupted, 141 stdout closed early.
     """
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    as_json = "--json" in arguments
     parser = _build_parser()
     logger = logging.getLogger("spendguard")
     level, handler = logger.level, None
     try:
-        args = parser.parse_args(argv)
+        args = parser.parse_args(arguments)
         if args.verbose:
             handler = logging.StreamHandler(sys.stderr)
             handler.setFormatter(logging.Formatter("spendguard: %(levelname)s: %(message)s"))
@@ -139,16 +157,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         _report("interrupted")
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        _silence_stdout()
+        return EXIT_CLOSED_PIPE
     except AuthenticationError as exc:
         names = " or ".join(_key_vars(exc.provider))
-        _report(f"{exc} (check {names})" if names else str(exc))
+        _fail(exc, f"{exc} (check {names})" if names else str(exc), as_json)
         return EXIT_ERROR
     except (_UsageError, SpendGuardError, ValueError, TypeError, OSError) as exc:
-        _report(str(exc))
+        _fail(exc, str(exc), as_json)
         return EXIT_ERROR
     except Exception as exc:
         log.debug("unexpected error", exc_info=True)
-        _report(f"unexpected {type(exc).__name__}: {exc}")
+        _fail(exc, f"unexpected {type(exc).__name__}: {exc}", as_json)
         return EXIT_ERROR
     finally:
         if handler is not None:
@@ -161,9 +182,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _balance(args: argparse.Namespace) -> int:
     name = _choose_provider(args.provider)
-    with _lookup_session() as session:
-        provider = PROVIDERS[name](session=session)
-        balance = provider.fetch_balance()
+    with _lookup_session(args.retries) as session:
+        provider = PROVIDERS[name](session=session, timeout=args.timeout, retries=args.retries)
+        with _naming_host(provider.base_url):
+            balance = provider.fetch_balance()
     unit = provider.unit
     if args.json:
         _print_json({"provider": name, "unit": unit, "balance": _json_amount(balance, unit)})
@@ -176,11 +198,12 @@ def _check(args: argparse.Namespace) -> int:
     amount = to_amount(args.amount, name="AMOUNT")
     floor = to_amount(args.floor, name="--floor")
     name = _choose_provider(args.provider)
-    with _lookup_session() as session:
-        provider = PROVIDERS[name](session=session)
+    with _lookup_session(args.retries) as session:
+        provider = PROVIDERS[name](session=session, timeout=args.timeout, retries=args.retries)
         # ttl=0: a command answers about the account as it is now, never from a snapshot
         # another guard in the same process may have taken.
-        result = SpendGuard(provider, ttl=0, floor=floor).check(amount)
+        with _naming_host(provider.base_url):
+            result = SpendGuard(provider, ttl=0, floor=floor).check(amount)
     unit = result.unit
     if args.json:
         _print_json(
@@ -192,6 +215,7 @@ def _check(args: argparse.Namespace) -> int:
                 "available": _json_amount(result.available, unit),
                 "shortfall": _json_amount(result.shortfall, unit),
                 "source": result.source,
+                "floor": _json_amount(floor, unit),
             }
         )
     else:
@@ -201,7 +225,14 @@ def _check(args: argparse.Namespace) -> int:
         print(f"  available: {format_amount(result.available, unit)}")
         print(f"  shortfall: {format_amount(result.shortfall, unit)}")
         if floor:
-            print(f"  floor:     {format_amount(floor, unit)} (kept untouched)")
+            # The floor is part of what is required: say so when it alone makes the refusal.
+            covered_without = result.available + floor >= result.required
+            why = (
+                f"; without it the account covers {format_amount(amount, unit)}"
+                if not result.sufficient and covered_without
+                else ""
+            )
+            print(f"  floor:     {format_amount(floor, unit)} (kept untouched{why})")
     return EXIT_OK if result.sufficient else EXIT_INSUFFICIENT
 
 
@@ -220,10 +251,14 @@ def _simulate(args: argparse.Namespace) -> int:
         host=host,
         port=args.port,
         api_key=args.key,
-        orthogonal_usd=args.orthogonal_usd,
-        hyper3d_credits=args.hyper3d_credits,
+        orthogonal_usd=_balance_amount(args.orthogonal_usd, "--orthogonal-usd"),
+        hyper3d_credits=_balance_amount(args.hyper3d_credits, "--hyper3d-credits"),
         units_per_dollar=args.units_per_dollar,
     )
+    for route, status, times in args.fail:
+        simulator.fail(route, status=status, times=times)
+    for route, delay, times in args.slow:
+        simulator.slow(route, delay, times=times)
     stop = threading.Event()
     with _signals_set(stop):
         try:
@@ -241,10 +276,11 @@ def _simulate(args: argparse.Namespace) -> int:
                 f"Hyper3D Rodin: {format_amount(simulator.hyper3d_balance, 'credits')}"
             )
             print("# Point any program at it with these variables (Ctrl-C to stop):")
-            print(f"export ORTHOGONAL_API_KEY={key}")
-            print(f"export HYPER3D_API_KEY={key}")
-            print(f"export SPENDGUARD_ORTHOGONAL_URL={url}")
-            print(f"export SPENDGUARD_HYPER3D_URL={url}", flush=True)
+            for name in (args.provider,) if args.provider else PROVIDERS:
+                print(f"export {PROVIDERS[name]._key_vars[0]}={key}")
+                print(f"export {PROVIDERS[name]._url_var}={url}")
+            # With both keys exported, this picks the one `spendguard balance` asks.
+            print(f"export {PROVIDER_VAR}={args.provider or 'hyper3d'}", flush=True)
             while not stop.wait(0.5):
                 pass
         finally:
@@ -482,6 +518,7 @@ examples:
         formatter_class=formatter,
     )
     _provider_option(balance)
+    _lookup_options(balance)
     balance.add_argument("--json", action="store_true", help="print one JSON object")
     balance.set_defaults(run=_balance)
 
@@ -513,6 +550,7 @@ examples:
     check.add_argument(
         "--floor", default="0", metavar="X", help="an amount to leave untouched on the account"
     )
+    _lookup_options(check)
     check.add_argument("--json", action="store_true", help="print one JSON object")
     check.set_defaults(run=_check)
 
@@ -538,13 +576,19 @@ example:
         description="Serve a simulator of both providers' credit APIs until Ctrl-C or\n"
         "SIGTERM, and print the environment variables that point any program at it.",
         epilog="""\
-example:
+examples:
   spendguard simulate --hyper3d-credits 3 > sim.env &
   sleep 1; . ./sim.env
-  spendguard check 2.5 --provider hyper3d
+  spendguard check 2.5
   kill %1
 
-It binds 127.0.0.1 unless --host names another address.""",
+  spendguard -v simulate --provider orthogonal --fail "POST /v1/credits/check=503"
+  spendguard simulate --slow "GET /api/v2/check_balance=3x2"
+
+--fail ROUTE=STATUS answers every matching request with that status (STATUSxN: the
+next N only); --slow ROUTE=SECONDS delays them. ROUTE is "METHOD /path", a bare
+path for any method, or "*". Both may be repeated. A negative balance rehearses an
+overdrawn account. It binds 127.0.0.1 unless --host names another address.""",
         formatter_class=formatter,
     )
     simulate.add_argument(
@@ -555,14 +599,12 @@ It binds 127.0.0.1 unless --host names another address.""",
     )
     simulate.add_argument(
         "--orthogonal-usd",
-        type=_number,
         default="5.00",
         metavar="X",
         help="Orthogonal balance in US dollars (default: %(default)s)",
     )
     simulate.add_argument(
         "--hyper3d-credits",
-        type=_number,
         default="10",
         metavar="X",
         help="Hyper3D Rodin balance in credits (default: %(default)s)",
@@ -580,6 +622,27 @@ It binds 127.0.0.1 unless --host names another address.""",
         type=_key,
         default="sim-test-key",
         help="the Bearer key it accepts (default: %(default)s)",
+    )
+    simulate.add_argument(
+        "--provider",
+        choices=list(PROVIDERS),
+        help="export only this provider's key and URL (default: both)",
+    )
+    simulate.add_argument(
+        "--fail",
+        type=_fault(_status),
+        action="append",
+        default=[],
+        metavar="ROUTE=STATUS",
+        help="answer matching requests with STATUS (STATUSxN: the next N only)",
+    )
+    simulate.add_argument(
+        "--slow",
+        type=_fault(_seconds),
+        action="append",
+        default=[],
+        metavar="ROUTE=SECONDS",
+        help="answer matching requests after SECONDS (SECONDSxN: the next N only)",
     )
     simulate.set_defaults(run=_simulate)
     return parser
@@ -601,14 +664,73 @@ def _key(text: str) -> str:
     return text
 
 
-def _number(text: str) -> Decimal:
+def _balance_amount(text: str, name: str) -> Decimal:
+    """An amount as ``check`` validates it, where a leading minus means overdrawn."""
+    text = text.strip()
+    negative = text.startswith("-")
+    amount = to_amount(text[1:] if negative else text, name=name)
+    return -amount if negative else amount
+
+
+_FOREVER = sys.maxsize  # a fault given without xN lasts as long as the simulator
+
+
+def _fault(parse: Callable[[str], Any]) -> Callable[[str], tuple[str, Any, int]]:
+    """An argparse type for ``ROUTE=VALUE`` or ``ROUTE=VALUExN``."""
+
+    def parse_fault(text: str) -> tuple[str, Any, int]:
+        route, equals, value = text.rpartition("=")
+        if not equals or not route.strip():
+            raise argparse.ArgumentTypeError(f"expected ROUTE=VALUE, got {text!r}")
+        value, x, count = value.strip().partition("x")
+        times = _FOREVER
+        if x:
+            if not count.isdigit() or int(count) < 1:
+                raise argparse.ArgumentTypeError(f"xN needs a positive count, got {text!r}")
+            times = int(count)
+        return route.strip(), parse(value), times
+
+    return parse_fault
+
+
+def _status(text: str) -> int:
+    if not text.isdigit() or not 100 <= int(text) <= 599:
+        raise argparse.ArgumentTypeError(f"an HTTP status is 100 to 599, got {text!r}")
+    return int(text)
+
+
+def _seconds(text: str) -> float:
     try:
-        value = Decimal(text.strip())
-    except InvalidOperation:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value.is_finite():
-        raise argparse.ArgumentTypeError(f"not a finite number: {text!r}")
-    return value
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise argparse.ArgumentTypeError(f"seconds must be positive and finite, got {text!r}")
+    return seconds
+
+
+def _retries(text: str) -> int:
+    if not text.isdigit() or not 0 <= int(text) <= 10:
+        raise argparse.ArgumentTypeError(f"retries is a whole number from 0 to 10, got {text!r}")
+    return int(text)
+
+
+def _lookup_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=10.0,
+        metavar="S",
+        help="seconds to wait for each answer (default: %(default)s); a lookup gives up "
+        "after about S x (N + 1) plus backoff",
+    )
+    parser.add_argument(
+        "--retries",
+        type=_retries,
+        default=DEFAULT_RETRIES,
+        metavar="N",
+        help="retries after a timeout, connection error, 429 or 5xx (default: %(default)s)",
+    )
 
 
 def _provider_option(parser: argparse.ArgumentParser) -> None:
@@ -632,7 +754,13 @@ def _is_set(name: str) -> bool:
 
 
 def _choose_provider(requested: str | None) -> str:
-    """``--provider``, else the one provider whose key is in the environment."""
+    """``--provider``, else ``SPENDGUARD_PROVIDER``, else the one provider with a key set."""
+    if requested is None and _is_set(PROVIDER_VAR):
+        requested = os.environ[PROVIDER_VAR].strip().lower()
+        if requested not in PROVIDERS:
+            raise ConfigurationError(
+                f"{PROVIDER_VAR} must be {' or '.join(PROVIDERS)}, got {requested!r}"
+            )
     if requested is not None:
         names = _key_vars(requested)
         if not any(map(_is_set, names)):
@@ -644,7 +772,8 @@ def _choose_provider(requested: str | None) -> str:
     if found:
         raise ConfigurationError(
             "keys for both providers are set (ORTHOGONAL_API_KEY and HYPER3D_API_KEY or "
-            "RODIN_API_KEY); choose one with --provider orthogonal or --provider hyper3d"
+            f"RODIN_API_KEY); choose one with --provider orthogonal or --provider hyper3d, "
+            f"or set {PROVIDER_VAR}"
         )
     raise ConfigurationError(
         "no API key found; set ORTHOGONAL_API_KEY for Orthogonal, or HYPER3D_API_KEY (or "
@@ -653,10 +782,30 @@ def _choose_provider(requested: str | None) -> str:
 
 
 @contextmanager
-def _lookup_session() -> Iterator[requests.Session]:
+def _lookup_session(retries: int = DEFAULT_RETRIES) -> Iterator[requests.Session]:
     """The library's retrying lookup session (it logs each lookup at DEBUG), closed after."""
-    with build_session() as session:
+    with build_session(retries) as session:
         yield session
+
+
+@contextmanager
+def _naming_host(base_url: str) -> Iterator[None]:
+    """A provider that cannot be reached or understood is named by host in the message."""
+    try:
+        yield
+    except AuthenticationError:
+        raise
+    except ProviderError as exc:
+        parts = urlsplit(base_url)
+        host = parts.hostname or base_url
+        host = f"[{host}]" if ":" in host else host
+        where = f"{host}:{parts.port}" if parts.port else host
+        raise type(exc)(
+            f"{exc.message} at {where}",
+            provider=exc.provider,
+            status=exc.status,
+            code=exc.code,
+        ) from exc
 
 
 @contextmanager
@@ -698,14 +847,40 @@ def _print_json(payload: dict[str, object]) -> None:
     print(json.dumps(payload))
 
 
-def _report(message: str) -> None:
-    """One line on stderr, with any API key from the environment redacted."""
+def _fail(exc: BaseException, message: str, as_json: bool) -> None:
+    """Report an error on stderr and, under ``--json``, as one object on stdout too."""
+    text = _report(message)
+    if as_json:
+        kind = "UsageError" if isinstance(exc, _UsageError) else type(exc).__name__
+        _print_json(
+            {
+                "error": text,
+                "type": kind,
+                "provider": getattr(exc, "provider", None),
+                "status": getattr(exc, "status", None),
+            }
+        )
+
+
+def _silence_stdout() -> None:
+    """The reader left (``| head``): point stdout at /dev/null so exiting stays quiet."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # not a real file (tests capture it)
+        pass
+
+
+def _report(message: str) -> str:
+    """One line on stderr, with any API key from the environment redacted; returns it."""
     text = " ".join(message.split())
     for name in (var for cls in PROVIDERS.values() for var in cls._key_vars):
         key = os.environ.get(name, "").strip()
         if len(key) >= 6:
             text = text.replace(key, redact(key))
     print(f"spendguard: error: {text}", file=sys.stderr)
+    return text
 
 
 def _warn(message: str) -> None:

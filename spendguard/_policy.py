@@ -13,6 +13,8 @@ from ._check import Source
 from ._errors import BalanceUnavailable, ProviderError
 
 OnUnavailable = Literal["raise", "allow", "stale"]
+"""What a guard does when the balance cannot be looked up: refuse, let the call through, or
+decide from a recent balance (see ``SpendGuard(on_unavailable=...)``)."""
 
 Note = Literal["budget", "remote", "shadow"] | str | None
 """Why an outcome is not plain arithmetic: ``"budget"`` (the guard's budget refused),

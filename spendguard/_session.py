@@ -173,10 +173,10 @@ class GuardedAdapter(HTTPAdapter):
         self,
         request: requests.PreparedRequest,
         stream: bool = False,
-        timeout: float | tuple[float, float] | tuple[float, None] | None = None,
+        timeout: float | tuple[float | None, float | None] | None = None,
         verify: bool | str = True,
-        cert: bytes | str | tuple[bytes | str, bytes | str] | None = None,
-        proxies: Mapping[str, str] | None = None,
+        cert: str | tuple[str, str] | None = None,
+        proxies: dict[str, str] | None = None,
     ) -> requests.Response:
         """Price ``request``, hold its cost and send it once (see the class docstring).
 
@@ -451,9 +451,14 @@ def _cause_of_402(message: str) -> str:
 
 
 def _bearer_key(request: requests.PreparedRequest) -> str:
-    value = request.headers.get("Authorization", "")
+    value = _header(request, "Authorization")
     scheme, _, key = value.partition(" ")
     return key.strip() if scheme.lower() == "bearer" else ""
+
+
+def _header(request: requests.PreparedRequest, name: str) -> str:
+    value = request.headers.get(name, "")
+    return value.decode("latin-1") if isinstance(value, bytes) else value
 
 
 def _body_bytes(request: requests.PreparedRequest, route: str) -> bytes:
@@ -486,7 +491,7 @@ def _form_fields(request: requests.PreparedRequest, route: str) -> dict[str, lis
     raw = _body_bytes(request, route)
     if not raw.strip():
         return {}
-    content_type = request.headers.get("Content-Type", "")
+    content_type = _header(request, "Content-Type")
     kind = content_type.partition(";")[0].strip().lower()
     if kind == "multipart/form-data":
         return _multipart_fields(content_type, raw, route)

@@ -60,8 +60,9 @@ class UnknownPrice(ConfigurationError):
             why = f"unknown Rodin {kind} {name!r}"
         fix = "with_tiers" if kind == "tier" else "with_addons"
         super().__init__(
-            f"{why}; priced {kind}s: {', '.join(self.known) or 'none'}. Pass "
-            f"prices=RODIN_PRICES.{fix}(...) with a price for it."
+            f"{why}; priced {kind}s: {', '.join(self.known) or 'none'}. Give it a price "
+            f"with RODIN_PRICES.{fix}(...), passed as rodin_cost(..., prices=...) or "
+            f"GuardedSession(guard, rodin_prices=...)."
         )
 
     def __reduce__(self) -> tuple[Any, ...]:

@@ -1,10 +1,10 @@
 """A loopback HTTP server that behaves like Orthogonal and Hyper3D Rodin, for tests.
 
 `ProviderSimulator` answers the credit endpoints and the paid calls of both providers
-(see ``PROVIDERS.md``), holds exact `~decimal.Decimal` balances, charges for paid calls
-atomically, counts and records every request, and injects faults on demand: error
-statuses, HTML bodies, slow answers and dropped connections. It uses only the standard
-library, so it can run in any test suite::
+(as their public documentation describes them), holds exact `~decimal.Decimal`
+balances, charges for paid calls atomically, counts and records every request, and
+injects faults on demand: error statuses, HTML bodies, slow answers and dropped
+connections. It uses only the standard library, so it can run in any test suite::
 
     import os
 
@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import hmac
 import json
+import logging
 import secrets
 import selectors
 import socket
@@ -50,6 +51,8 @@ from typing import Any, Literal, TypeAlias
 from ._redis_server import RedisServer
 
 __all__ = ["Charge", "ProviderSimulator", "RecordedRequest", "RedisServer"]
+
+_log = logging.getLogger("spendguard.testing")
 
 Amount: TypeAlias = Decimal | str | int
 OrthogonalPrice: TypeAlias = str | Decimal | float | int
@@ -779,7 +782,9 @@ class _Handler(BaseHTTPRequestHandler):
     server: _Server
 
     def log_message(self, format: str, *args: Any) -> None:
-        """Keep the access log out of the test output."""
+        """The access log goes to logger ``spendguard.testing`` at DEBUG, not to stderr."""
+        if _log.isEnabledFor(logging.DEBUG):
+            _log.debug("simulator: %s %s", self.address_string(), format % args)
 
     def do_GET(self) -> None:
         self._serve()

@@ -29,8 +29,18 @@ ENV_VARS = (
     "RODIN_API_KEY",
     "SPENDGUARD_ORTHOGONAL_URL",
     "SPENDGUARD_HYPER3D_URL",
+    "SPENDGUARD_PROVIDER",
 )
-CHECK_KEYS = ["provider", "unit", "sufficient", "required", "available", "shortfall", "source"]
+CHECK_KEYS = [
+    "provider",
+    "unit",
+    "sufficient",
+    "required",
+    "available",
+    "shortfall",
+    "source",
+    "floor",
+]
 TIMEOUT = 30
 
 Result = subprocess.CompletedProcess[str]
@@ -74,10 +84,14 @@ def spendguard(*args: str, env: dict[str, str]) -> Result:
     )
 
 
-def assert_one_error_line(result: Result, *mentions: str) -> str:
-    """Exit 2, nothing on stdout, one ``spendguard: error:`` line on stderr, no key."""
+def assert_one_error_line(result: Result, *mentions: str, as_json: bool = False) -> str:
+    """Exit 2, one ``spendguard: error:`` line on stderr, no key; stdout empty, or under
+    ``--json`` one object carrying the same message."""
     assert result.returncode == 2, result
-    assert result.stdout == ""
+    if as_json:
+        assert json.loads(result.stdout)["error"] in result.stderr
+    else:
+        assert result.stdout == ""
     lines = result.stderr.splitlines()
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("spendguard: error: ")
@@ -164,7 +178,7 @@ def test_check_json_schema(
     assert len(result.stdout.splitlines()) == 1
     payload = json.loads(result.stdout)
     assert list(payload) == CHECK_KEYS
-    assert list(payload.values()) == expected
+    assert list(payload.values()) == [*expected, "0.00" if provider == "orthogonal" else "0"]
 
 
 def test_check_floor(sim: ProviderSimulator) -> None:
@@ -183,6 +197,20 @@ def test_check_bad_amount(sim: ProviderSimulator, amount: str, mention: str) -> 
     result = spendguard("check", amount, env=env_for(sim, "hyper3d"))
     assert_one_error_line(result, "AMOUNT", mention)
     assert sim.count() == 0
+
+
+def test_refusal_by_the_floor_says_so(sim: ProviderSimulator) -> None:
+    """When the balance covers AMOUNT but not with --floor, the output names the floor."""
+    env = env_for(sim, "hyper3d")
+    short = spendguard("check", "3", "--floor", "8", env=env)
+    assert short.returncode == 1
+    assert "floor:     8 credits (kept untouched; without it the account covers 3" in short.stdout
+    beyond = spendguard("check", "12", "--floor", "8", env=env)
+    assert "without it" not in beyond.stdout
+    assert (
+        json.loads(spendguard("check", "3", "--floor", "8", "--json", env=env).stdout)["floor"]
+        == "8"
+    )
 
 
 def test_check_bad_floor(sim: ProviderSimulator) -> None:
@@ -209,6 +237,20 @@ def test_provider_from_environment(sim: ProviderSimulator, variable: str, provid
     result = spendguard("balance", "--json", env=env)
     assert result.returncode == 0, result
     assert json.loads(result.stdout)["provider"] == provider
+
+
+@pytest.mark.parametrize("provider", ["orthogonal", "hyper3d", " Hyper3D "])
+def test_provider_variable_picks_one(sim: ProviderSimulator, provider: str) -> None:
+    """SPENDGUARD_PROVIDER picks the provider when both keys are set."""
+    env = env_for(sim, "orthogonal", "hyper3d") | {"SPENDGUARD_PROVIDER": provider}
+    result = spendguard("balance", "--json", env=env)
+    assert json.loads(result.stdout)["provider"] == provider.strip().lower()
+
+
+def test_provider_variable_unknown(sim: ProviderSimulator) -> None:
+    """A SPENDGUARD_PROVIDER naming no provider exits 2, naming the variable."""
+    env = env_for(sim, "hyper3d") | {"SPENDGUARD_PROVIDER": "acme"}
+    assert_one_error_line(spendguard("balance", env=env), "SPENDGUARD_PROVIDER", "acme")
 
 
 def test_both_keys_is_an_error(sim: ProviderSimulator) -> None:
@@ -245,10 +287,11 @@ def test_no_command() -> None:
 
 
 def test_unreachable_url() -> None:
-    """A closed port: exit 2, one line, no traceback."""
-    url = f"http://127.0.0.1:{free_port()}"
-    env = environment(HYPER3D_API_KEY=KEY, SPENDGUARD_HYPER3D_URL=url)
-    assert_one_error_line(spendguard("check", "1", env=env), "could not reach")
+    """A closed port: exit 2, one line naming the host, no traceback."""
+    port = free_port()
+    env = environment(HYPER3D_API_KEY=KEY, SPENDGUARD_HYPER3D_URL=f"http://127.0.0.1:{port}")
+    result = spendguard("check", "1", "--retries", "0", env=env)
+    assert_one_error_line(result, "could not reach", f"127.0.0.1:{port}")
 
 
 @pytest.mark.parametrize("provider", ["orthogonal", "hyper3d"])
@@ -256,7 +299,7 @@ def test_wrong_key(sim: ProviderSimulator, provider: str) -> None:
     """A 401 exits 2, and neither the wrong key nor the right one is printed."""
     wrong = "orth_live_WrongWrongWrong99"
     result = spendguard("check", "1", "--json", env=env_for(sim, provider, key=wrong))
-    line = assert_one_error_line(result, "401")
+    line = assert_one_error_line(result, "401", as_json=True)
     assert wrong not in line
 
 
@@ -275,10 +318,59 @@ def test_html_from_a_proxy(sim: ProviderSimulator, provider: str, route: str) ->
     assert_one_error_line(spendguard("check", "1", env=env_for(sim, provider)), "not JSON")
 
 
-def test_errors_in_json_mode_go_to_stderr(sim: ProviderSimulator) -> None:
-    """With --json an error is still one plain line on stderr, and stdout stays empty."""
-    sim.fail("GET /api/v2/check_balance", status=200, body="<html>proxy</html>")
-    assert_one_error_line(spendguard("balance", "--json", env=env_for(sim, "hyper3d")))
+def test_errors_in_json_mode(sim: ProviderSimulator) -> None:
+    """With --json an error is one plain line on stderr and one JSON object on stdout."""
+    sim.fail("GET /api/v2/check_balance", status=200, body=f"<html>proxy {KEY}</html>")
+    result = spendguard("balance", "--json", env=env_for(sim, "hyper3d"))
+    assert (result.returncode, len(result.stderr.splitlines())) == (2, 1)
+    payload = json.loads(result.stdout)
+    assert list(payload) == ["error", "type", "provider", "status"]
+    assert payload["type"] == "ProviderError"
+    assert payload["provider"] == "hyper3d"
+    assert "not JSON" in payload["error"]
+    assert KEY not in result.stdout + result.stderr
+
+
+def test_usage_errors_in_json_mode() -> None:
+    """A bad argument under --json is a JSON object on stdout too."""
+    result = spendguard("check", "abc", "--json", env=environment())
+    assert result.returncode == 2
+    assert json.loads(result.stdout) == {
+        "error": "AMOUNT is not a number: 'abc'",
+        "type": "ValueError",
+        "provider": None,
+        "status": None,
+    }
+
+
+def test_timeout_bounds_a_hung_provider(sim: ProviderSimulator) -> None:
+    """--timeout and --retries 0 give up on a hanging provider in about the timeout."""
+    sim.slow("GET /api/v2/check_balance", 5)
+    started = time.monotonic()
+    result = spendguard(
+        "check", "1", "--timeout", "0.5", "--retries", "0", env=env_for(sim, "hyper3d")
+    )
+    assert time.monotonic() - started < 4
+    assert_one_error_line(result, "timed out", "127.0.0.1")
+    assert sim.count("GET /api/v2/check_balance") == 1
+
+
+@pytest.mark.parametrize(("retries", "code", "lookups"), [("0", 2, 1), ("1", 0, 2)])
+def test_retries(sim: ProviderSimulator, retries: str, code: int, lookups: int) -> None:
+    """--retries N retries a 503 N times: 0 gives up at once, 1 gets the second answer."""
+    sim.fail("GET /api/v2/check_balance", status=503)
+    result = spendguard("balance", "--retries", retries, env=env_for(sim, "hyper3d"))
+    assert result.returncode == code, result
+    assert sim.count("GET /api/v2/check_balance") == lookups
+
+
+@pytest.mark.parametrize(
+    "option", [("--timeout", "0"), ("--timeout", "nan"), ("--retries", "-1"), ("--retries", "11")]
+)
+def test_bad_lookup_options(sim: ProviderSimulator, option: tuple[str, str]) -> None:
+    """A bad --timeout or --retries exits 2 before any request."""
+    assert_one_error_line(spendguard("balance", *option, env=env_for(sim, "hyper3d")), option[0])
+    assert sim.count() == 0
 
 
 # -- global options --------------------------------------------------------------------------
@@ -369,7 +461,7 @@ def read_exports(process: subprocess.Popen[str]) -> dict[str, str]:
     """The variables a running `simulate` prints, read until the last one."""
     assert process.stdout is not None
     exports: dict[str, str] = {}
-    while "SPENDGUARD_HYPER3D_URL" not in exports:
+    while "SPENDGUARD_PROVIDER" not in exports:
         line = process.stdout.readline()
         assert line, "simulate ended before printing its exports"
         if line.startswith("export "):
@@ -378,10 +470,10 @@ def read_exports(process: subprocess.Popen[str]) -> dict[str, str]:
     return exports
 
 
-def start_simulate(*args: str) -> subprocess.Popen[str]:
+def start_simulate(*args: str, verbose: bool = False) -> subprocess.Popen[str]:
     """Start `spendguard simulate` on a free port."""
     return subprocess.Popen(
-        [sys.executable, "-m", "spendguard", "simulate", "--port", "0", *args],
+        [sys.executable, "-m", "spendguard", *["-v"] * verbose, "simulate", "--port", "0", *args],
         cwd=REPO,
         env=environment(),
         stdout=subprocess.PIPE,
@@ -443,3 +535,123 @@ def test_simulate_port_in_use() -> None:
         port = str(taken.getsockname()[1])
         result = spendguard("simulate", "--port", port, env=environment())
     assert_one_error_line(result, "cannot listen")
+
+
+def stop(process: subprocess.Popen[str]) -> str:
+    """SIGINT a running simulate; returns its stderr."""
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=10)
+    assert process.returncode == 0
+    return stderr
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+@pytest.mark.timeout(TIMEOUT)
+def test_simulate_exports_work_as_sourced() -> None:
+    """After sourcing simulate's exports, a plain `spendguard balance` answers."""
+    with start_simulate("--hyper3d-credits", "7") as process:
+        try:
+            exports = read_exports(process)
+            assert exports["SPENDGUARD_PROVIDER"] == "hyper3d"
+            result = spendguard("balance", env=environment(**exports))
+        finally:
+            stop(process)
+    assert (result.returncode, result.stdout) == (0, "hyper3d: 7 credits\n")
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+@pytest.mark.timeout(TIMEOUT)
+def test_simulate_one_provider() -> None:
+    """simulate --provider exports one provider's key and URL only; a negative balance works."""
+    with start_simulate("--provider", "orthogonal", "--orthogonal-usd", "-0.50") as process:
+        try:
+            exports = read_exports(process)
+            result = spendguard("balance", "--json", env=environment(**exports))
+        finally:
+            stop(process)
+    assert set(exports) == {
+        "ORTHOGONAL_API_KEY",
+        "SPENDGUARD_ORTHOGONAL_URL",
+        "SPENDGUARD_PROVIDER",
+    }
+    assert json.loads(result.stdout)["balance"] == "-0.50"
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+@pytest.mark.timeout(TIMEOUT)
+def test_simulate_verbose_logs_each_request() -> None:
+    """simulate -v logs every request it serves on stderr, with its status, never the key."""
+    with start_simulate("--key", KEY, verbose=True) as process:
+        try:
+            exports = read_exports(process)
+            assert spendguard("balance", env=environment(**exports)).returncode == 0
+        finally:
+            stderr = stop(process)
+    assert re.search(r"GET /api/v2/check_balance HTTP/1\.1\" 201", stderr), stderr
+    assert KEY not in stderr
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+@pytest.mark.timeout(TIMEOUT)
+def test_simulate_faults() -> None:
+    """--fail ROUTE=STATUSxN fails the next N requests; --slow ROUTE=SECONDS delays them."""
+    with start_simulate(
+        "--fail",
+        "GET /api/v2/check_balance=503x1",
+        "--slow",
+        "/v1/credits/balance=0.6",
+        "--fail",
+        "POST /v1/credits/check=502",
+    ) as process:
+        try:
+            exports = read_exports(process)
+            hyper3d = environment(**exports)
+            failed = spendguard("balance", "--retries", "0", env=hyper3d)
+            served = spendguard("balance", "--retries", "0", env=hyper3d)
+            orthogonal = environment(**exports | {"SPENDGUARD_PROVIDER": "orthogonal"})
+            started = time.monotonic()
+            slow = spendguard("balance", "--json", env=orthogonal)
+            elapsed = time.monotonic() - started
+            check = spendguard("check", "1", "--retries", "0", env=orthogonal)
+        finally:
+            stop(process)
+    assert_one_error_line(failed, "503")
+    assert (served.returncode, slow.returncode) == (0, 0)
+    assert elapsed >= 0.6
+    assert_one_error_line(check, "502")
+
+
+@pytest.mark.parametrize(
+    ("args", "mention"),
+    [
+        (("--orthogonal-usd", "1e999"), "--orthogonal-usd is implausibly large"),
+        (("--hyper3d-credits", "nan"), "--hyper3d-credits must be finite"),
+        (("--fail", "GET /x"), "ROUTE=VALUE"),
+        (("--fail", "GET /x=700"), "100 to 599"),
+        (("--slow", "GET /x=-1"), "positive"),
+        (("--slow", "GET /x=1x0"), "positive count"),
+    ],
+)
+def test_simulate_rejects_bad_values_up_front(args: tuple[str, str], mention: str) -> None:
+    """Out-of-range balances and malformed faults exit 2 before serving, as check does."""
+    result = spendguard("simulate", "--port", "0", *args, env=environment())
+    assert_one_error_line(result, mention)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX pipes")
+def test_closed_pipe_is_silent() -> None:
+    """`spendguard demo | head -3`: three lines, then exit 141 with nothing on stderr."""
+    with subprocess.Popen(
+        [sys.executable, "-m", "spendguard", "demo"],
+        cwd=REPO,
+        env=environment(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    ) as process:
+        assert process.stdout is not None
+        lines = [process.stdout.readline() for _ in range(3)]
+        process.stdout.close()
+        stderr = process.stderr.read() if process.stderr else b""
+        process.wait(timeout=TIMEOUT)
+    assert lines[0].startswith(b"spendguard demo")
+    assert (process.returncode, stderr) == (141, b"")
