@@ -221,6 +221,15 @@ class LocalLedger:
                 account = self._accounts[key] = Account(account_id)
             return account
 
+    def reset(self) -> None:
+        """Forget every account: guards built from now on start afresh, and guards built
+        before look their balance up again (their open holds stay their own)."""
+        with self._lock:
+            accounts = list(self._accounts.values())
+            self._accounts.clear()
+        for account in accounts:
+            account.invalidate()
+
 
 DEFAULT_LEDGER = LocalLedger()
 
