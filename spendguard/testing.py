@@ -48,9 +48,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any, Literal, TypeAlias
 
+from ._account import ACCOUNTS
 from ._redis_server import RedisServer
 
-__all__ = ["Charge", "ProviderSimulator", "RecordedRequest", "RedisServer"]
+__all__ = ["Charge", "ProviderSimulator", "RecordedRequest", "RedisServer", "reset"]
 
 _log = logging.getLogger("spendguard.testing")
 
@@ -1147,3 +1148,15 @@ def _addon_names(values: list[str]) -> list[str]:
 def _first(fields: dict[str, list[str]], name: str) -> str | None:
     values = fields.get(name)
     return values[0] if values else None
+
+
+def reset() -> None:
+    """Forget every account's cached balance and holds in this process, as at start-up.
+
+    Call it between tests so that a guard built in one test never decides from a balance
+    looked up in another: guards built afterwards start from an empty account, and guards
+    built before look the balance up before their next decision (their own open holds
+    stay with them). A shared ledger such as `spendguard.redis.RedisLedger` keeps its state.
+    The pytest plugin calls it before every test.
+    """
+    ACCOUNTS.reset()

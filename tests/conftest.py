@@ -10,6 +10,8 @@ import pytest
 import spendguard as sg
 from spendguard.testing import ProviderSimulator
 
+pytest_plugins = ["pytester"]
+
 ENV_VARS = (
     "ORTHOGONAL_API_KEY",
     "HYPER3D_API_KEY",
