@@ -37,8 +37,12 @@ from __future__ import annotations
 
 import hashlib
 
-SCRIPT = """
-local op = ARGV[1]
+SCRIPT = r"""
+local A = {}
+for part in string.gmatch(ARGV[1] .. '\31', '([^\31]*)\31') do
+  A[#A + 1] = part
+end
+local op = A[1]
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
 local NEVER = '9000000000000000000'
@@ -52,28 +56,28 @@ if op == 'end' then
   -- hold id ('' for none), charged ('' for nothing)
   local state, holds, expiry = KEYS[1], KEYS[2], KEYS[3]
   local found = '0'
-  if ARGV[2] ~= '' then
-    local amount = redis.call('HGET', holds, ARGV[2])
+  if A[2] ~= '' then
+    local amount = redis.call('HGET', holds, A[2])
     if amount then
-      redis.call('HDEL', holds, ARGV[2])
-      redis.call('ZREM', expiry, ARGV[2])
+      redis.call('HDEL', holds, A[2])
+      redis.call('ZREM', expiry, A[2])
       redis.call('HINCRBY', state, 'held', '-' .. amount)
       found = '1'
     end
   end
-  if ARGV[3] ~= '' then
-    redis.call('HINCRBY', state, 'spent', ARGV[3])
+  if A[3] ~= '' then
+    redis.call('HINCRBY', state, 'spent', A[3])
   end
-  return {'ok', '', '', '', '', found, ''}
+  return table.concat({'ok', '', '', '', '', '', found}, '\31')
 end
 
-local window = tonumber(ARGV[2])
+local window = tonumber(A[2])
 
 -- State missing: never created, or lost (restart without persistence, flush, eviction).
 -- Redis cannot tell the two apart, so either way admissions wait for the recovery window,
 -- in which every live process re-announces its open holds.
-local function create(state, holds, expiry, lock)
-  redis.call('DEL', state, holds, expiry, lock)
+local function create(state, holds, expiry)
+  redis.call('DEL', state, holds, expiry)
   redis.call('HSET', state, 'epoch', text(now), 'recover_until', text(now + window),
     'spent', '0', 'held', '0', 'lookups', '0', 'next_expiry', NEVER)
 end
@@ -82,19 +86,19 @@ if op == 'beat' then
   -- per account: number of holds n, then n times (hold id, amount, ttl)
   local out = {}
   local a = 3
-  for k = 1, #KEYS, 4 do
+  for k = 1, #KEYS, 3 do
     local state, holds, expiry = KEYS[k], KEYS[k + 1], KEYS[k + 2]
-    local n = tonumber(ARGV[a])
+    local n = tonumber(A[a])
     a = a + 1
     local created = '0'
     if redis.call('HEXISTS', state, 'epoch') == 0 then
-      create(state, holds, expiry, KEYS[k + 3])
+      create(state, holds, expiry)
       created = '1'
     end
     local answer = {created}
     local added, first = 0, nil
     for _ = 1, n do
-      local id, amount, at = ARGV[a], ARGV[a + 1], now + tonumber(ARGV[a + 2])
+      local id, amount, at = A[a], A[a + 1], now + tonumber(A[a + 2])
       a = a + 3
       if redis.call('HSETNX', holds, id, amount) == 1 then
         added = added + tonumber(amount)
@@ -117,7 +121,7 @@ if op == 'beat' then
   return out
 end
 
-local state, holds, expiry, lock, failure = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local state, holds, expiry = KEYS[1], KEYS[2], KEYS[3]
 
 -- The state hash is read once; writes go to Redis and to this copy.
 local FIELDS = {'epoch', 'recover_until', 'held', 'next_expiry', 'balance', 'balance_at',
@@ -128,7 +132,7 @@ for i, field in ipairs(FIELDS) do
   cache[field] = values[i]
 end
 if not cache['epoch'] then
-  create(state, holds, expiry, lock)
+  create(state, holds, expiry)
   cache = {epoch = text(now), recover_until = text(now + window), spent = '0', held = '0',
     lookups = '0', next_expiry = NEVER}
 end
@@ -202,14 +206,21 @@ local function answer(status, available, age, extra1, extra2)
     a = text(available)
     g = text(age)
   end
-  return {status, epoch, a, text(held), g, extra1 or '', extra2 or ''}
+  return table.concat({status, epoch, a, text(held), g, extra2 or '', extra1 or ''}, '\31')
+end
+
+-- Whether the balance lookup lock is held, unexpired, by ``token``.
+local function locked_by(token)
+  local lock = redis.call('HMGET', state, 'lock', 'lock_until')
+  return lock[1] == token and tonumber(lock[2]) > now
 end
 
 local recover_until = num('recover_until')
 local recovering = recover_until and now < recover_until
 
 local function paused()
-  return {'recovering', epoch, '', text(held), '', text(recover_until - now), ''}
+  return table.concat({'recovering', epoch, '', text(held), '', '', text(recover_until - now)},
+    '\31')
 end
 
 if op == 'admit' then
@@ -218,10 +229,10 @@ if op == 'admit' then
   if recovering then
     return paused()
   end
-  local amount, floor = tonumber(ARGV[3]), tonumber(ARGV[4])
-  local hold_id, hold_ttl = ARGV[5], tonumber(ARGV[6])
-  local ttl, refresh, max_stale = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
-  local may_look_up, seen = ARGV[10] == '1', tonumber(ARGV[13])
+  local amount, floor = tonumber(A[3]), tonumber(A[4])
+  local hold_id, hold_ttl = A[5], tonumber(A[6])
+  local ttl, refresh, max_stale = tonumber(A[7]), tonumber(A[8]), tonumber(A[9])
+  local may_look_up, seen = A[10] == '1', tonumber(A[13])
   local balance, fetched = num('balance'), num('fetched_at')
   local available, age = nil, nil
   if balance then
@@ -251,11 +262,12 @@ if op == 'admit' then
     end
     return answer('unknown', nil, nil)
   end
-  local failed = redis.call('GET', failure)
-  if failed then
-    return answer('failed', available, age, failed)
+  local looking = redis.call('HMGET', state, 'failure', 'failure_until', 'lock', 'lock_until')
+  if looking[1] and tonumber(looking[2]) > now then
+    return answer('failed', available, age, looking[1])
   end
-  if redis.call('SET', lock, ARGV[11], 'NX', 'PX', ARGV[12]) then
+  if not looking[3] or tonumber(looking[4]) <= now then
+    redis.call('HSET', state, 'lock', A[11], 'lock_until', text(now + tonumber(A[12]) * 1000))
     return answer('refresh', available, age, text(num('spent')), text(now))
   end
   if balance and max_stale and age <= max_stale then
@@ -267,26 +279,26 @@ end
 if op == 'commit' then
   -- lock token, balance, spent when the lookup began, when it began, provider agrees
   -- ('1'/'0'), amount, floor, hold id, hold ttl, ttl
-  local committed = redis.call('GET', lock) == ARGV[3]
+  local committed = locked_by(A[3])
   if committed then
-    local started = ARGV[6]
-    put('balance', ARGV[4], 'balance_at', started, 'fetched_at', started,
-      'spent', text(num('spent') - tonumber(ARGV[5])), 'lookups', text(num('lookups') + 1))
-    redis.call('DEL', lock, failure)
+    local started = A[6]
+    put('balance', A[4], 'balance_at', started, 'fetched_at', started,
+      'spent', text(num('spent') - tonumber(A[5])), 'lookups', text(num('lookups') + 1))
+    redis.call('HDEL', state, 'lock', 'lock_until', 'failure', 'failure_until')
   end
   if recovering then
     return paused()
   end
   local fetched = num('fetched_at')
-  if not committed and not (fetched and now - fetched <= tonumber(ARGV[12])) then
+  if not committed and not (fetched and now - fetched <= tonumber(A[12])) then
     return answer('wait', nil, nil, text(num('lookups')))
   end
-  local amount, floor, hold_id = tonumber(ARGV[8]), tonumber(ARGV[9]), ARGV[10]
+  local amount, floor, hold_id = tonumber(A[8]), tonumber(A[9]), A[10]
   local available = num('balance') - num('spent') - held - floor
   local age = now - num('balance_at')
-  if available >= amount and (ARGV[7] == '1' or not committed) then
+  if available >= amount and (A[7] == '1' or not committed) then
     if hold_id ~= '' then
-      add_hold(hold_id, amount, tonumber(ARGV[11]))
+      add_hold(hold_id, amount, tonumber(A[11]))
     end
     return answer('ok', available, age, 'remote')
   end
@@ -295,10 +307,10 @@ end
 
 if op == 'fail' then
   -- lock token, failure record ('' for none), how long to share it (ms)
-  if redis.call('GET', lock) == ARGV[3] then
-    redis.call('DEL', lock)
-    if ARGV[4] ~= '' then
-      redis.call('SET', failure, ARGV[4], 'PX', ARGV[5])
+  if locked_by(A[3]) then
+    redis.call('HDEL', state, 'lock', 'lock_until')
+    if A[4] ~= '' then
+      redis.call('HSET', state, 'failure', A[4], 'failure_until', text(now + tonumber(A[5]) * 1000))
     end
   end
   return answer('ok', nil, nil)
@@ -306,22 +318,22 @@ end
 
 if op == 'hold' then
   -- amount, hold id, hold ttl
-  local amount = tonumber(ARGV[3])
+  local amount = tonumber(A[3])
   local balance = num('balance')
   local available, age = nil, nil
   if balance then
     available = balance - num('spent') - held
     age = now - num('balance_at')
   end
-  add_hold(ARGV[4], amount, tonumber(ARGV[5]))
+  add_hold(A[4], amount, tonumber(A[5]))
   return answer('ok', available, age)
 end
 
 if op == 'renew' then
   -- hold id, hold ttl
   local found = '0'
-  if redis.call('HEXISTS', holds, ARGV[3]) == 1 then
-    redis.call('ZADD', expiry, 'XX', text(now + tonumber(ARGV[4])), ARGV[3])
+  if redis.call('HEXISTS', holds, A[3]) == 1 then
+    redis.call('ZADD', expiry, 'XX', text(now + tonumber(A[4])), A[3])
     found = '1'
   end
   return answer('ok', nil, nil, found)

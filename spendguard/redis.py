@@ -18,6 +18,7 @@ from Redis ``TIME``. A Redis Cluster works too (``redis+cluster://`` URLs, or a
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import json
 import logging
@@ -75,6 +76,8 @@ _ONE = Decimal(1)
 _MAX_UNITS = 10**15  # MAX_AMOUNT in units: sums of a few stay below 2^53, exact in Lua
 _MAX_MICROS = 2**52
 _RECOVERY_BEATS = 3
+_SEP = "\x1f"  # between packed arguments and reply fields: never in ids, numbers or JSON
+_MAX_ACCOUNTS = 4096  # account keys remembered
 _CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 _POLICIES = ("raise", "local")
 _ERRORS: dict[str, type[ProviderError]] = {
@@ -188,7 +191,8 @@ class RedisLedger:
             )
         self.recovery = _RECOVERY_BEATS * self.heartbeat
         """Seconds an account admits nothing after its state was (re)created."""
-        self._window = _micros(self.recovery)
+        self._window = str(_micros(self.recovery))
+        self._keys: dict[str, tuple[str, str, str]] = {}
         self._where = _describe(client)
         self._owns_client = False
         self._worker = f"{os.urandom(6).hex()}:{os.getpid()}"
@@ -296,20 +300,19 @@ class RedisLedger:
             f"on_ledger_error={self._on_ledger_error!r})"
         )
 
-    def keys(self, account_id: str) -> tuple[str, str, str, str, str]:
-        """The account's Redis keys: state, holds, expiry, lock and failure.
+    def keys(self, account_id: str) -> tuple[str, str, str]:
+        """The account's Redis keys: state, holds and expiry.
 
         For inspection and tests; the layout is described in ``spendguard._redis_scripts``.
         They share one hash tag, so Redis Cluster puts them in one slot.
         """
-        prefix = f"{self.namespace}:{{{account_id}}}"
-        return (
-            f"{prefix}:state",
-            f"{prefix}:holds",
-            f"{prefix}:expiry",
-            f"{prefix}:lock",
-            f"{prefix}:failure",
-        )
+        keys = self._keys.get(account_id)
+        if keys is None:
+            prefix = f"{self.namespace}:{{{account_id}}}"
+            keys = (f"{prefix}:state", f"{prefix}:holds", f"{prefix}:expiry")
+            if len(self._keys) < _MAX_ACCOUNTS:
+                self._keys[account_id] = keys
+        return keys
 
     def open_holds(self) -> dict[str, tuple[str, Decimal]]:
         """This process's holds that are renewed now: hold id to (account, amount)."""
@@ -502,14 +505,14 @@ class RedisLedger:
         self, group: Sequence[str], accounts: Mapping[str, list[tuple[str, int, int]]]
     ) -> None:
         keys: list[str] = []
-        argv: list[object] = ["beat", self._window]
+        argv: list[object] = ["beat", self._window]  # packed like _run's
         for account_id in group:
-            keys.extend(self.keys(account_id)[:4])
+            keys.extend(self.keys(account_id))
             holds = accounts[account_id]
             argv.append(len(holds))
             for hold in holds:
                 argv.extend(hold)
-        raw = self._eval("renew held amounts", keys, argv)
+        raw = self._eval("renew held amounts", keys, _SEP.join(map(str, argv)))
         still_open = None
         for account_id, answer in zip(group, raw, strict=True):
             created, *recreated = [_text(part) for part in answer]
@@ -602,20 +605,25 @@ class RedisLedger:
             raise LedgerError(f"unexpected answer from the ledger: {status!r}", ledger=self._where)
 
     def _run(self, account_id: str, op: str, *args: object) -> list[str]:
-        keys = self.keys(account_id)
-        argv = (op, *args) if op == "end" else (op, self._window, *args)
-        return [_text(part) for part in self._eval(op, keys, argv)]
+        """One operation on one account: its arguments go packed in one string, its
+        answer comes back in one (fewer arguments and replies to encode and parse)."""
+        head = (op,) if op == "end" else (op, self._window)
+        packed = _SEP.join([*head, *map(str, args)])
+        status, epoch, available, held, age, extra2, extra1 = _text(
+            self._eval(op, self.keys(account_id), packed)
+        ).split(_SEP, 6)
+        return [status, epoch, available, held, age, extra1, extra2]
 
-    def _eval(self, op: str, keys: Sequence[str], argv: Sequence[object]) -> Any:
+    def _eval(self, op: str, keys: Sequence[str], packed: str) -> Any:
         """Run the script once (loading it where it is missing); errors become
         :class:`~spendguard.LedgerError` here, in this one place."""
         client: Any = self._client
         with self._translate(op):
             try:
-                return client.evalsha(SHA, len(keys), *keys, *argv)
+                return client.evalsha(SHA, len(keys), *keys, packed)
             except NoScriptError:
                 # EVAL goes where the keys live (on a cluster too) and caches the script.
-                return client.eval(SCRIPT, len(keys), *keys, *argv)
+                return client.eval(SCRIPT, len(keys), *keys, packed)
 
     @contextlib.contextmanager
     def _translate(self, op: str) -> Iterator[None]:
@@ -649,6 +657,7 @@ def _admission(
     )
 
 
+@functools.lru_cache(maxsize=256)
 def _units(value: Decimal) -> int:
     """A cost, floor or charge in units of :data:`SCALE`, rounded up; above the range,
     one unit more than :data:`MAX_AMOUNT` (which no balance covers)."""
@@ -662,6 +671,7 @@ def _balance_units(balance: Decimal) -> int:
     return max(-_MAX_UNITS, min(whole, _MAX_UNITS))
 
 
+@functools.lru_cache(maxsize=256)
 def _amount(units: str) -> Decimal:
     """Units back to an amount, without trailing zeros: ``500000`` is ``0.5``."""
     value = Decimal(int(units)).scaleb(-_PER_UNIT, _CONTEXT).normalize(_CONTEXT)
