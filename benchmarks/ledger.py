@@ -78,16 +78,16 @@ class Wallet:
 def spendguard_check(url: str) -> Callable[[], object]:
     ledger = RedisLedger.from_url(url, connection_class=CountingConnection)
     guard = sg.SpendGuard(Wallet(), ttl=3600, ledger=ledger)
-    return lambda: guard.check(1)
+    return lambda: guard.check(1).sufficient
 
 
 def spendguard_spend(url: str) -> Callable[[], object]:
     ledger = RedisLedger.from_url(url, connection_class=CountingConnection)
     guard = sg.SpendGuard(Wallet(), ttl=3600, ledger=ledger)
 
-    def spend() -> None:
+    def spend() -> bool:
         with guard.spend(1):
-            pass
+            return True
 
     return spend
 
@@ -115,7 +115,7 @@ def pyrate_limiter(url: str) -> Callable[[], object]:
 
 def ping(url: str) -> Callable[[], object]:
     client = redis.Redis.from_url(url, connection_class=CountingConnection)
-    return client.ping
+    return lambda: client.ping() is True
 
 
 CANDIDATES: dict[str, Callable[[str], Callable[[], object]]] = {
@@ -130,7 +130,8 @@ EXPECTED = {"spendguard check": 1, "spendguard spend (admit + settle)": 2}
 
 
 def rate(op: Callable[[], object], threads: int, seconds: float) -> tuple[int, float, int]:
-    """Run ``op`` in ``threads`` threads for ``seconds``: (operations, elapsed, round trips)."""
+    """Run ``op`` in ``threads`` threads for ``seconds``: (admissions, elapsed, round trips).
+    Only an answer that admits counts."""
     counts = [0] * threads
     stop = threading.Event()
     barrier = threading.Barrier(threads + 1)
@@ -139,8 +140,8 @@ def rate(op: Callable[[], object], threads: int, seconds: float) -> tuple[int, f
         barrier.wait()
         n = 0
         while not stop.is_set():
-            op()
-            n += 1
+            if op():
+                n += 1
         counts[i] = n
 
     workers = [threading.Thread(target=work, args=(i,)) for i in range(threads)]
@@ -211,7 +212,7 @@ def main() -> int:
                     key = (name, f"{threads}t")
                     best[key] = max(best.get(key, 0.0), done / elapsed)
                     if threads == 1:
-                        trips[name] = sent_now / done
+                        trips[name] = sent_now / max(done, 1)
             for name in ops:
                 key = (name, "4p")
                 best[key] = max(best.get(key, 0.0), processes(name, url, seconds))

@@ -11,26 +11,27 @@ in one slot):
   snapshot may be trusted; removed to invalidate), ``spent`` (spending recorded since the
   lookup began), ``held`` (the sum of open holds), ``lookups`` (finished lookups),
   ``next_expiry`` (no later than the earliest hold expiry, so that an admission looks for
-  expired holds only when one may be due);
+  expired holds only when one may be due), ``lock`` and ``lock_until`` (the token of the
+  process looking the balance up, and when its turn ends), ``failure`` and
+  ``failure_until`` (the error of the last failed lookup, as JSON, shared until then);
 - ``holds``, a hash: hold id to amount;
-- ``expiry``, a sorted set: hold id scored by the time it expires;
-- ``lock``, a string with a PX expiry: the token of the process looking the balance up;
-- ``failure``, a string with a PX expiry: the error of the last failed lookup, as JSON.
+- ``expiry``, a sorted set: hold id scored by the time it expires.
 
 Amounts are integers in units of 10^-6 of the provider's unit, times are microseconds of
-Redis ``TIME``. ``held`` and ``spent`` change through ``HINCRBY`` (exact 64-bit integers in
-Redis); Lua reads them as doubles, exact up to 2^53, and the Python side keeps every
-amount it sends at most 10^15 + 1 units, so a decision's sums are exact for any amounts a
-real account sees (an account whose open holds exceed 2^53 units is refused anyway).
-Every number leaves Lua through ``string.format('%.0f')``, never through Lua's own
-14-digit conversion.
+Redis ``TIME``. Lua numbers are doubles, exact for integers up to 2^53; the Python side
+sends no amount above 10^15 + 1 units, so a decision's sums stay exact for anything a real
+account sees (open holds beyond 2^53 units would be refused anyway), and ``end`` changes
+``held`` and ``spent`` with ``HINCRBY`` (exact 64-bit integers in Redis). Every number
+leaves Lua through ``string.format('%.0f')``, never through Lua's own 14-digit conversion.
 
-``ARGV[1]`` is the operation. Operations that may create the account's state (all but
-``end``) take the recovery window (µs) as ``ARGV[2]``, then their own arguments. Replies
-are ``{status, epoch, available, held, age, extra1, extra2}`` as strings; ``available``
-and ``age`` are '' when no balance is known. ``beat`` renews the open holds of one
-process over any number of accounts (three keys each) and answers, per account, whether
-its state had to be created and which holds it re-created.
+``ARGV[1]`` packs the arguments, separated by the byte 0x1F (which no id, number or JSON
+text contains): the operation, then, for operations that may create the account's state
+(all but ``end``), the recovery window in µs, then the operation's own arguments.
+Replies pack ``status, epoch, available, held, age, extra2, extra1`` the same way
+(``extra1`` last: it may be a failure's JSON); ``available`` and ``age`` are '' when no
+balance is known. ``beat`` renews the open holds of one process over any number of
+accounts (three keys each) and answers, per account, whether its state had to be created
+and which holds it re-created.
 """
 
 from __future__ import annotations
@@ -43,13 +44,6 @@ for part in string.gmatch(ARGV[1] .. '\31', '([^\31]*)\31') do
   A[#A + 1] = part
 end
 local op = A[1]
-local clock = redis.call('TIME')
-local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
-local NEVER = '9000000000000000000'
-
-local function text(n)
-  return string.format('%.0f', n)
-end
 
 -- A hold ends: its amount leaves held; what it charged counts as spent. Needs no state.
 if op == 'end' then
@@ -69,6 +63,47 @@ if op == 'end' then
     redis.call('HINCRBY', state, 'spent', A[3])
   end
   return table.concat({'ok', '', '', '', '', '', found}, '\31')
+end
+
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+local NEVER = '9000000000000000000'
+
+local function text(n)
+  return string.format('%.0f', n)
+end
+
+-- The hot path of an admission, decided from the first read alone: the state exists and
+-- is not recovering, no hold is due, the snapshot is fresh, and the answer needs no
+-- lookup. Anything else falls through to the general path below, which decides the
+-- same way. (INFO commandstats, one run: a check's EVALSHA took 17.8 us of server time through
+-- the general path, 12.6 us through this one; a no-op script takes 1.8 us.)
+if op == 'admit' then
+  local f = redis.call('HMGET', KEYS[1], 'recover_until', 'held', 'next_expiry', 'balance',
+    'balance_at', 'fetched_at', 'spent')
+  local fetched = tonumber(f[6])
+  if fetched and (tonumber(f[1]) or 0) <= now and (tonumber(f[3]) or 0) > now
+    and now - fetched <= tonumber(A[7]) then
+    local amount, held = tonumber(A[3]), tonumber(f[2])
+    local available = tonumber(f[4]) - tonumber(f[7]) - held - tonumber(A[4])
+    local age = now - tonumber(f[5])
+    local fits = available >= amount
+    if fits or A[10] == '0' or age < tonumber(A[8]) then
+      local hold_id = A[5]
+      if fits and hold_id ~= '' and redis.call('HSETNX', KEYS[2], hold_id, A[3]) == 1 then
+        local at = now + tonumber(A[6])
+        redis.call('ZADD', KEYS[3], text(at), hold_id)
+        if at < tonumber(f[3]) then
+          redis.call('HSET', KEYS[1], 'held', text(held + amount), 'next_expiry', text(at))
+        else
+          redis.call('HSET', KEYS[1], 'held', text(held + amount))
+        end
+        held = held + amount
+      end
+      return table.concat({fits and 'ok' or 'short', '', text(available), text(held),
+        text(age), '', 'cache'}, '\31')
+    end
+  end
 end
 
 local window = tonumber(A[2])
@@ -124,13 +159,12 @@ end
 local state, holds, expiry = KEYS[1], KEYS[2], KEYS[3]
 
 -- The state hash is read once; writes go to Redis and to this copy.
-local FIELDS = {'epoch', 'recover_until', 'held', 'next_expiry', 'balance', 'balance_at',
-  'fetched_at', 'spent', 'lookups'}
-local cache = {}
-local values = redis.call('HMGET', state, unpack(FIELDS))
-for i, field in ipairs(FIELDS) do
-  cache[field] = values[i]
-end
+-- (Literal fields and one table constructor: a field list unpacked in a loop costs more
+-- than the rest of an admission.)
+local v = redis.call('HMGET', state, 'epoch', 'recover_until', 'held', 'next_expiry',
+  'balance', 'balance_at', 'fetched_at', 'spent', 'lookups')
+local cache = {epoch = v[1], recover_until = v[2], held = v[3], next_expiry = v[4],
+  balance = v[5], balance_at = v[6], fetched_at = v[7], spent = v[8], lookups = v[9]}
 if not cache['epoch'] then
   create(state, holds, expiry)
   cache = {epoch = text(now), recover_until = text(now + window), spent = '0', held = '0',
@@ -162,7 +196,7 @@ end
 -- Holds past their expiry are dropped. Their calls may have spent, so the snapshot is
 -- no longer trusted: the next decision looks the balance up.
 local held = num('held')
-if num('next_expiry') <= now then
+if (num('next_expiry') or 0) <= now then
   local due = redis.call('ZRANGEBYSCORE', expiry, '-inf', now, 'LIMIT', 0, 256)
   for _, id in ipairs(due) do
     local amount = redis.call('HGET', holds, id)
