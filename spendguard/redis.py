@@ -195,7 +195,7 @@ class RedisLedger:
         self._keys: dict[str, tuple[str, str, str]] = {}
         self._where = _describe(client)
         self._owns_client = False
-        self._worker = f"{os.urandom(6).hex()}:{os.getpid()}"
+        self._worker = os.urandom(6).hex()
         self._serial = itertools.count(1)
         self._beat: Heartbeat[str, _Open] = Heartbeat(
             self._renew_open, self.heartbeat, "spendguard-ledger-heartbeat"
@@ -635,7 +635,8 @@ class RedisLedger:
             raise LedgerError(f"{op} failed: {detail}", ledger=self._where) from exc
 
     def _hold_id(self) -> str:
-        return f"{self._worker}:{next(self._serial)}"
+        # The pid at call time: a forked child continues the parent's serial numbers.
+        return f"{self._worker}:{os.getpid()}:{next(self._serial)}"
 
     def _hold_micros(self, hold_ttl: float) -> int:
         return _micros(min(hold_ttl, self.max_hold_ttl))
