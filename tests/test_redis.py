@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import multiprocessing
 import os
 import pickle
@@ -562,6 +563,41 @@ def test_state_loss_waits_for_re_announced_holds_in_process(
             assert late.check(3).sufficient
             hold.release()
         assert late.check(10).sufficient
+
+
+def test_one_round_trip_per_heartbeat_renews_every_open_hold(redis_url: str) -> None:
+    """20 open holds on two accounts are renewed by one EVALSHA per heartbeat, not one per
+    hold; ended holds are no longer renewed."""
+    with _open(redis_url, max_hold_ttl=1.0, heartbeat=0.1) as ledger:
+        ids = [
+            ledger.hold(account, Decimal(1), hold_ttl=math.inf).hold_id
+            for account in ("wallet:a", "wallet:b")
+            for _ in range(10)
+        ]
+        assert len(ledger.open_holds()) == 20
+        ledger.client.config_resetstat()
+        time.sleep(1.05)
+        beats = _evalsha_calls(ledger.client)
+        assert 5 <= beats <= 12
+        for hold_id in ids:
+            ledger.end("wallet:a" if hold_id in ids[:10] else "wallet:b", hold_id, None)
+        assert ledger.open_holds() == {}
+        ledger.client.config_resetstat()
+        time.sleep(0.35)
+        assert _evalsha_calls(ledger.client) == 0
+
+
+def test_a_recovery_longer_than_lock_timeout_raises_with_retry_after(redis_url: str) -> None:
+    """When the recovery window outlasts lock_timeout, an admission raises LedgerError with
+    retry_after instead of waiting; a heartbeat above half of max_hold_ttl is refused."""
+    with _open(redis_url, heartbeat=1.0, lock_timeout=0.5) as ledger:
+        guard = sg.SpendGuard(_Wallet(Decimal(5), "wallet:slow-recovery"), ledger=ledger)
+        with pytest.raises(sg.LedgerError) as paused:
+            guard.check(1)
+    assert paused.value.retry_after is not None
+    assert 2.5 < paused.value.retry_after <= 3.0
+    with pytest.raises(sg.ConfigurationError, match="heartbeat"):
+        RedisLedger.from_url(redis_url, max_hold_ttl=1.0, heartbeat=0.6)
 
 
 # -- the range -----------------------------------------------------------------------------
