@@ -221,7 +221,8 @@ class RedisLedger:
         a command once, at once, when the connection was broken (a Redis restart leaves
         stale connections in the pool); it never retries after a timeout. A cluster
         client retries twice more, 10-100 ms apart, re-reading the cluster's layout (a
-        node failed over or restarted).
+        node failed over or restarted); it connects at once to learn that layout, so a
+        cluster that does not answer fails here with redis-py's own error.
 
         Args:
             url: ``redis://[[user]:password@]host[:port][/db]``, ``rediss://`` for TLS,
