@@ -519,8 +519,9 @@ class RedisLedger:
             created, *recreated = [_text(part) for part in answer]
             if created == "1" or recreated:
                 log.warning(
-                    "%s lost held amounts of account %r (Redis restarted without "
-                    "persistence, or was flushed): %d re-announced",
+                    "%s had lost held amounts of account %r (Redis restarted without "
+                    "persistence or was flushed, or this process was stalled past their "
+                    "expiry): %d re-announced",
                     self._where,
                     account_id,
                     len(recreated),
