@@ -66,6 +66,7 @@ def hold_long(
     *,
     release: Any,
     max_hold_ttl: float,
+    heartbeat: float = BEAT,
 ) -> None:
     """A long call: hold ``amount`` (``hold_ttl=None``) on a RedisLedger whose holds expire
     ``max_hold_ttl`` after their last renewal, signal ``held``, and release the hold once
@@ -74,7 +75,7 @@ def hold_long(
     from spendguard.redis import RedisLedger
 
     with (
-        RedisLedger.from_url(redis_url, max_hold_ttl=max_hold_ttl, heartbeat=BEAT) as ledger,
+        RedisLedger.from_url(redis_url, max_hold_ttl=max_hold_ttl, heartbeat=heartbeat) as ledger,
         sg.Hyper3D(api_key, base_url=sim_url, timeout=5) as provider,
     ):
         guard = sg.SpendGuard(provider, hold_ttl=None, ledger=ledger)
@@ -84,14 +85,22 @@ def hold_long(
             hold.release()
 
 
-def spend_once(redis_url: str, sim_url: str, api_key: str, amount: str, results: Any) -> None:
+def spend_once(
+    redis_url: str,
+    sim_url: str,
+    api_key: str,
+    amount: str,
+    results: Any,
+    *,
+    heartbeat: float = BEAT,
+) -> None:
     """A process started late: ask to spend ``amount`` once; put ``"admitted"``,
     ``"refused"`` or ``"ledger error"`` on ``results``."""
     import spendguard as sg
     from spendguard.redis import RedisLedger
 
     with (
-        RedisLedger.from_url(redis_url, heartbeat=BEAT) as ledger,
+        RedisLedger.from_url(redis_url, heartbeat=heartbeat) as ledger,
         sg.Hyper3D(api_key, base_url=sim_url, timeout=5) as provider,
     ):
         guard = sg.SpendGuard(provider, ledger=ledger)

@@ -58,6 +58,9 @@ if REDIS_SERVER is None:
 H3D_BALANCE = "GET /api/v2/check_balance"
 BEAT = 0.05
 """The tests' heartbeat: an account's first admission waits three beats, not three seconds."""
+SLOW_BEAT = 0.25
+"""Where the test is a live holder's heartbeat racing a new process through a recovery: room
+for a busy machine's scheduling."""
 
 
 def _open(url: str, **options: Any) -> RedisLedger:
@@ -451,7 +454,7 @@ def test_four_processes_spend_exactly_the_balance(sim: ProviderSimulator, redis_
 def test_long_call_keeps_its_hold_and_a_killed_one_frees_it_after_expiry(
     sim: ProviderSimulator, hyper3d: sg.Hyper3D, ledger: RedisLedger, redis_url: str
 ) -> None:
-    """A process holding 1 of 1 for 3 x max_hold_ttl keeps it (another process is refused
+    """A process holding 1 of 1 for 1.5 x max_hold_ttl keeps it (another process is refused
     throughout); after kill -9 its hold is freed once max_hold_ttl has passed, not before."""
     sim.hyper3d_balance = 1
     ctx = multiprocessing.get_context("spawn")
@@ -459,14 +462,14 @@ def test_long_call_keeps_its_hold_and_a_killed_one_frees_it_after_expiry(
     worker = ctx.Process(
         target=hold_long,
         args=(redis_url, sim.url, sim.api_key, "1", held),
-        kwargs={"release": release, "max_hold_ttl": 0.6},
+        kwargs={"release": release, "max_hold_ttl": 1.0},
     )
     worker.start()
     try:
         assert held.wait(30)
         guard = sg.SpendGuard(hyper3d, ttl=0.1, refresh_interval=0.1, ledger=ledger)
         since = time.monotonic()
-        while time.monotonic() - since < 1.8:
+        while time.monotonic() - since < 1.5:
             assert not guard.check(1).sufficient
             time.sleep(0.05)
         kill(worker.pid or 0)
@@ -475,7 +478,7 @@ def test_long_call_keeps_its_hold_and_a_killed_one_frees_it_after_expiry(
         while not guard.check(1).sufficient:
             assert time.monotonic() - killed < 5
             time.sleep(0.02)
-        assert time.monotonic() - killed >= 0.6 - 2 * BEAT
+        assert time.monotonic() - killed >= 1.0 - 2 * BEAT
         with guard.spend(1):
             pass
     finally:
@@ -487,9 +490,9 @@ def test_long_call_keeps_its_hold_and_a_killed_one_frees_it_after_expiry(
 def test_decorated_call_longer_than_max_hold_ttl_keeps_its_hold(
     hyper3d: sg.Hyper3D, redis_url: str
 ) -> None:
-    """A decorated call with hold_ttl=None running 4 x max_hold_ttl holds its cost in Redis
+    """A decorated call with hold_ttl=None running 2.5 x max_hold_ttl holds its cost in Redis
     the whole time; another ledger's guard is refused until it returns."""
-    with _open(redis_url, max_hold_ttl=0.5) as mine, _open(redis_url) as theirs:
+    with _open(redis_url, max_hold_ttl=0.8) as mine, _open(redis_url) as theirs:
         guard = sg.SpendGuard(hyper3d, hold_ttl=None, ledger=mine)
         other = sg.SpendGuard(hyper3d, ttl=0.1, refresh_interval=0.1, ledger=theirs)
         refusals: list[bool] = []
@@ -521,13 +524,17 @@ def test_state_loss_a_process_started_after_it_is_refused_while_a_hold_lives(
     holder = ctx.Process(
         target=hold_long,
         args=(redis_url, sim.url, sim.api_key, "10", held),
-        kwargs={"release": release, "max_hold_ttl": 2.0},
+        kwargs={"release": release, "max_hold_ttl": 2.0, "heartbeat": SLOW_BEAT},
     )
     holder.start()
     try:
         assert held.wait(30)
         ledger.client.flushall()
-        late = ctx.Process(target=spend_once, args=(redis_url, sim.url, sim.api_key, "10", results))
+        late = ctx.Process(
+            target=spend_once,
+            args=(redis_url, sim.url, sim.api_key, "10", results),
+            kwargs={"heartbeat": SLOW_BEAT},
+        )
         late.start()
         assert results.get(timeout=30) == "refused"
         late.join(10)
@@ -536,7 +543,9 @@ def test_state_loss_a_process_started_after_it_is_refused_while_a_hold_lives(
         holder.join(10)
         assert holder.exitcode == 0
         after = ctx.Process(
-            target=spend_once, args=(redis_url, sim.url, sim.api_key, "10", results)
+            target=spend_once,
+            args=(redis_url, sim.url, sim.api_key, "10", results),
+            kwargs={"heartbeat": SLOW_BEAT},
         )
         after.start()
         assert results.get(timeout=30) == "admitted"
@@ -552,7 +561,10 @@ def test_state_loss_waits_for_re_announced_holds_in_process(
 ) -> None:
     """After a flush, a ledger that never saw the old state waits the recovery window,
     sees the live holder's re-announced hold, and refuses what it would overspend."""
-    with _open(redis_url, max_hold_ttl=1.0) as first, _open(redis_url) as fresh:
+    with (
+        _open(redis_url, heartbeat=SLOW_BEAT) as first,
+        _open(redis_url, heartbeat=SLOW_BEAT) as fresh,
+    ):
         holder = sg.SpendGuard(hyper3d, hold_ttl=None, ledger=first)
         with holder.spend(7) as hold:
             first.client.flushall()
@@ -756,7 +768,7 @@ def test_redis_restart_mid_run(sim: ProviderSimulator) -> None:
 
         def work() -> None:
             with (
-                _open(server.url, max_hold_ttl=0.5, socket_timeout=0.5) as ledger,
+                _open(server.url, max_hold_ttl=0.5, heartbeat=0.15, socket_timeout=0.5) as ledger,
                 sg.Hyper3D(sim.api_key, base_url=sim.url, timeout=5) as provider,
                 requests.Session() as http,
             ):

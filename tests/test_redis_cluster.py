@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Iterator
 from decimal import Decimal
+from typing import Any
 
 import pytest
 import requests
@@ -51,8 +52,9 @@ def cluster() -> Iterator[RedisClusterServer]:
         yield running
 
 
-def _open(url: str, **options: object) -> RedisLedger:
-    return RedisLedger.from_url(url, heartbeat=BEAT, **options)  # type: ignore[arg-type]
+def _open(url: str, **options: Any) -> RedisLedger:
+    options.setdefault("heartbeat", BEAT)
+    return RedisLedger.from_url(url, **options)
 
 
 def test_from_url_picks_a_cluster_client_and_keeps_an_account_in_one_slot(
@@ -93,7 +95,7 @@ def test_node_restart_mid_run_never_overspends(
 
     def work() -> None:
         with (
-            _open(cluster.url, socket_timeout=0.5, max_hold_ttl=2.0) as ledger,
+            _open(cluster.url, socket_timeout=0.5, max_hold_ttl=2.0, heartbeat=0.2) as ledger,
             sg.Hyper3D(sim.api_key, base_url=sim.url, timeout=5) as provider,
             requests.Session() as http,
         ):
