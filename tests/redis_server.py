@@ -6,11 +6,12 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import time
 from decimal import Decimal
 from typing import Any
 
 REDIS_SERVER = shutil.which("redis-server")
+BEAT = 0.05
+"""The workers' heartbeat (the tests' own ledgers use the same: one fleet, one heartbeat)."""
 
 # -- worker processes (spawned: module-level functions, plain arguments) ------------------
 
@@ -34,7 +35,7 @@ def spend_worker(
 
     admitted = refused = 0
     with (
-        RedisLedger.from_url(redis_url) as ledger,
+        RedisLedger.from_url(redis_url, heartbeat=BEAT) as ledger,
         sg.Hyper3D(api_key, base_url=sim_url, timeout=5) as provider,
         requests.Session() as http,
     ):
@@ -56,19 +57,61 @@ def spend_worker(
         results.put((admitted, refused, guard.stats.lookups))
 
 
-def hold_forever(redis_url: str, sim_url: str, api_key: str, amount: str, held: Any) -> None:
-    """Hold ``amount`` on a RedisLedger with a 1 s ``hold_ttl``, signal ``held``, and never
-    end it (the test kills this process)."""
+def hold_long(
+    redis_url: str,
+    sim_url: str,
+    api_key: str,
+    amount: str,
+    held: Any,
+    *,
+    release: Any,
+    max_hold_ttl: float,
+    heartbeat: float = BEAT,
+) -> None:
+    """A long call: hold ``amount`` (``hold_ttl=None``) on a RedisLedger whose holds expire
+    ``max_hold_ttl`` after their last renewal, signal ``held``, and release the hold once
+    ``release`` is set (the test may kill this process instead)."""
     import spendguard as sg
     from spendguard.redis import RedisLedger
 
-    ledger = RedisLedger.from_url(redis_url)
-    provider = sg.Hyper3D(api_key, base_url=sim_url, timeout=5)
-    guard = sg.SpendGuard(provider, hold_ttl=1.0, ledger=ledger)
-    with guard.spend(Decimal(amount)):
-        held.set()
-        while True:
-            time.sleep(1)
+    with (
+        RedisLedger.from_url(redis_url, max_hold_ttl=max_hold_ttl, heartbeat=heartbeat) as ledger,
+        sg.Hyper3D(api_key, base_url=sim_url, timeout=5) as provider,
+    ):
+        guard = sg.SpendGuard(provider, hold_ttl=None, ledger=ledger)
+        with guard.spend(Decimal(amount)) as hold:
+            held.set()
+            release.wait(60)
+            hold.release()
+
+
+def spend_once(
+    redis_url: str,
+    sim_url: str,
+    api_key: str,
+    amount: str,
+    results: Any,
+    *,
+    heartbeat: float = BEAT,
+) -> None:
+    """A process started late: ask to spend ``amount`` once; put ``"admitted"``,
+    ``"refused"`` or ``"ledger error"`` on ``results``."""
+    import spendguard as sg
+    from spendguard.redis import RedisLedger
+
+    with (
+        RedisLedger.from_url(redis_url, heartbeat=heartbeat) as ledger,
+        sg.Hyper3D(api_key, base_url=sim_url, timeout=5) as provider,
+    ):
+        guard = sg.SpendGuard(provider, ledger=ledger)
+        try:
+            with guard.spend(Decimal(amount)) as hold:
+                hold.release()
+            results.put("admitted")
+        except sg.InsufficientCredits:
+            results.put("refused")
+        except sg.LedgerError:
+            results.put("ledger error")
 
 
 def kill(pid: int) -> None:

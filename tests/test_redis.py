@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import multiprocessing
 import os
 import pickle
@@ -29,8 +30,9 @@ from spendguard._redis_server import free_port
 from spendguard.testing import ProviderSimulator, RedisServer
 from tests.redis_server import (
     REDIS_SERVER,
-    hold_forever,
+    hold_long,
     kill,
+    spend_once,
     spend_worker,
 )
 
@@ -43,7 +45,7 @@ INSTALL = (
 try:
     import redis
 
-    from spendguard.redis import SCALE, RedisLedger
+    from spendguard.redis import MAX_AMOUNT, SCALE, RedisLedger
 except ImportError:
     if REQUIRED:
         raise
@@ -54,6 +56,17 @@ if REDIS_SERVER is None:
     pytest.skip(f"redis-server is not on PATH; {INSTALL}", allow_module_level=True)
 
 H3D_BALANCE = "GET /api/v2/check_balance"
+BEAT = 0.05
+"""The tests' heartbeat: an account's first admission waits three beats, not three seconds."""
+SLOW_BEAT = 0.25
+"""Where the test is a live holder's heartbeat racing a new process through a recovery: room
+for a busy machine's scheduling."""
+
+
+def _open(url: str, **options: Any) -> RedisLedger:
+    """``RedisLedger.from_url`` with the tests' heartbeat."""
+    options.setdefault("heartbeat", BEAT)
+    return RedisLedger.from_url(url, **options)
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +88,7 @@ def redis_url(server: RedisServer) -> str:
 @pytest.fixture
 def ledger(redis_url: str) -> Iterator[RedisLedger]:
     """A RedisLedger on the emptied server."""
-    with RedisLedger.from_url(redis_url, max_hold_ttl=5.0) as opened:
+    with _open(redis_url, max_hold_ttl=5.0) as opened:
         yield opened
 
 
@@ -130,8 +143,8 @@ def test_two_processes_worth_of_guards_share_holds(
 ) -> None:
     """Guards on separate ledgers (separate connections) see each other's holds."""
     with (
-        RedisLedger.from_url(redis_url) as first,
-        RedisLedger.from_url(redis_url) as second,
+        _open(redis_url) as first,
+        _open(redis_url) as second,
     ):
         a = sg.SpendGuard(hyper3d, ledger=first)
         b = sg.SpendGuard(hyper3d, ledger=second)
@@ -200,19 +213,24 @@ def test_batch_holds_its_total_in_redis_until_it_ends(
     assert guard.held == 0
 
 
-def test_amount_finer_than_the_scale_is_refused(hyper3d: sg.Hyper3D, ledger: RedisLedger) -> None:
-    """A cost finer than 10^-9 of the unit raises ValueError and holds nothing."""
+def test_amount_finer_than_the_scale_is_held_rounded_up(
+    hyper3d: sg.Hyper3D, ledger: RedisLedger
+) -> None:
+    """A cost finer than 10^-6 of the unit is held in Redis rounded up, and ends exactly."""
     guard = sg.SpendGuard(hyper3d, ledger=ledger)
-    with pytest.raises(ValueError, match="finer"), guard.spend(Decimal("0.0000000001")):
-        pass
-    assert guard.held == 0
-    assert guard.check(Decimal("0.000000001")).sufficient
+    with guard.spend(Decimal("0.0000001")) as hold:
+        assert _held(ledger, hyper3d) == SCALE
+        hold.settle(Decimal("0.0000012"))
+    assert _held(ledger, hyper3d) == 0
+    assert Decimal(_state(ledger, hyper3d)["spent"]) * SCALE == Decimal("0.000002")
+    assert guard.check(Decimal("9.999998")).sufficient
+    assert not guard.check(Decimal("9.9999981")).sufficient
 
 
 def test_ledger_is_a_ledger_and_its_repr_hides_the_password(redis_url: str) -> None:
     """RedisLedger satisfies sg.Ledger; neither its repr nor its errors show a password."""
     url = redis_url.replace("redis://", "redis://someone:s3cret-pw@")
-    with RedisLedger.from_url(url) as ledger:
+    with _open(url) as ledger:
         assert isinstance(ledger, sg.Ledger)
         assert "s3cret" not in repr(ledger)
         with pytest.raises(sg.LedgerError) as failed:
@@ -244,7 +262,7 @@ def test_16_threads_on_16_connections_never_over_admit(
 ) -> None:
     """16 threads, each with its own ledger and guard, spend 1 at a time from 10: exactly
     10 are admitted and concurrent holds never exceed the balance."""
-    ledgers = [RedisLedger.from_url(redis_url) for _ in range(16)]
+    ledgers = [_open(redis_url) for _ in range(16)]
     guards = [sg.SpendGuard(hyper3d, ledger=one) for one in ledgers]
     barrier = threading.Barrier(16)
     lock = threading.Lock()
@@ -279,7 +297,7 @@ def test_fleet_makes_one_lookup_per_ttl(
 ) -> None:
     """8 guards on 8 connections checking for a second with ttl=0.2 make at most one slow
     lookup per TTL window between them."""
-    ledgers = [RedisLedger.from_url(redis_url) for _ in range(8)]
+    ledgers = [_open(redis_url) for _ in range(8)]
     guards = [sg.SpendGuard(hyper3d, ttl=0.2, ledger=one) for one in ledgers]
     sim.slow(H3D_BALANCE, 0.05, times=100)
     start = time.monotonic()
@@ -346,7 +364,7 @@ def test_spending_during_a_lookup_is_not_lost(redis_url: str) -> None:
     """A settle that lands while another process's lookup is in flight still counts once
     the new snapshot is stored."""
     wallet = _Wallet(Decimal(10), "wallet:during-lookup")
-    with RedisLedger.from_url(redis_url) as first, RedisLedger.from_url(redis_url) as second:
+    with _open(redis_url) as first, _open(redis_url) as second:
         looker = sg.SpendGuard(wallet, ledger=first)
         spender = sg.SpendGuard(wallet, ledger=second)
         hold = spender.spend(2).__enter__()  # the first lookup: a snapshot of 10
@@ -367,7 +385,7 @@ def test_failed_lookup_is_shared_by_the_fleet(
     sim: ProviderSimulator, hyper3d: sg.Hyper3D, redis_url: str
 ) -> None:
     """When the one lookup fails, the processes that waited for it get its error too."""
-    ledgers = [RedisLedger.from_url(redis_url) for _ in range(8)]
+    ledgers = [_open(redis_url) for _ in range(8)]
     guards = [sg.SpendGuard(hyper3d, ledger=one) for one in ledgers]
     sim.fail(H3D_BALANCE, status=503, delay=0.2, times=5)
     barrier = threading.Barrier(8)
@@ -433,26 +451,34 @@ def test_four_processes_spend_exactly_the_balance(sim: ProviderSimulator, redis_
     assert sum(lookups for _, _, lookups in outcomes) == sim.count(H3D_BALANCE)
 
 
-def test_killed_worker_hold_expires(
+def test_long_call_keeps_its_hold_and_a_killed_one_frees_it_after_expiry(
     sim: ProviderSimulator, hyper3d: sg.Hyper3D, ledger: RedisLedger, redis_url: str
 ) -> None:
-    """kill -9 of a process holding credit: after its hold_ttl others can spend it."""
+    """A process holding 1 of 1 for 1.5 x max_hold_ttl keeps it (another process is refused
+    throughout); after kill -9 its hold is freed once max_hold_ttl has passed, not before."""
     sim.hyper3d_balance = 1
     ctx = multiprocessing.get_context("spawn")
-    held = ctx.Event()
-    worker = ctx.Process(target=hold_forever, args=(redis_url, sim.url, sim.api_key, "1", held))
+    held, release = ctx.Event(), ctx.Event()
+    worker = ctx.Process(
+        target=hold_long,
+        args=(redis_url, sim.url, sim.api_key, "1", held),
+        kwargs={"release": release, "max_hold_ttl": 1.0},
+    )
     worker.start()
     try:
         assert held.wait(30)
+        guard = sg.SpendGuard(hyper3d, ttl=0.1, refresh_interval=0.1, ledger=ledger)
         since = time.monotonic()
-        guard = sg.SpendGuard(hyper3d, ledger=ledger)
-        assert not guard.check(1).sufficient
+        while time.monotonic() - since < 1.5:
+            assert not guard.check(1).sufficient
+            time.sleep(0.05)
         kill(worker.pid or 0)
         worker.join(10)
+        killed = time.monotonic()
         while not guard.check(1).sufficient:
-            assert time.monotonic() - since < 5
-            time.sleep(0.05)
-        assert time.monotonic() - since >= 0.9
+            assert time.monotonic() - killed < 5
+            time.sleep(0.02)
+        assert time.monotonic() - killed >= 1.0 - 2 * BEAT
         with guard.spend(1):
             pass
     finally:
@@ -461,13 +487,177 @@ def test_killed_worker_hold_expires(
     assert _held(ledger, hyper3d) == 0
 
 
+def test_decorated_call_longer_than_max_hold_ttl_keeps_its_hold(
+    hyper3d: sg.Hyper3D, redis_url: str
+) -> None:
+    """A decorated call with hold_ttl=None running 2.5 x max_hold_ttl holds its cost in Redis
+    the whole time; another ledger's guard is refused until it returns."""
+    with _open(redis_url, max_hold_ttl=0.8) as mine, _open(redis_url) as theirs:
+        guard = sg.SpendGuard(hyper3d, hold_ttl=None, ledger=mine)
+        other = sg.SpendGuard(hyper3d, ttl=0.1, refresh_interval=0.1, ledger=theirs)
+        refusals: list[bool] = []
+
+        @guard(cost=8)
+        def generate() -> None:
+            started = time.monotonic()
+            while time.monotonic() - started < 2.0:
+                refusals.append(not other.check(3).sufficient)
+                time.sleep(0.05)
+
+        generate()
+        assert len(refusals) > 20
+        assert all(refusals)
+        assert _held(mine, hyper3d) == 0
+        assert mine.open_holds() == {}
+        assert Decimal(_state(mine, hyper3d)["spent"]) * SCALE == 8
+
+
+def test_state_loss_a_process_started_after_it_is_refused_while_a_hold_lives(
+    sim: ProviderSimulator, hyper3d: sg.Hyper3D, ledger: RedisLedger, redis_url: str
+) -> None:
+    """Process A holds 10 of 10; Redis loses every key; process B, started after the loss,
+    asks for 10 and is refused (A re-announced its hold in time); once A ends, a new
+    process is admitted."""
+    ctx = multiprocessing.get_context("spawn")
+    held, release = ctx.Event(), ctx.Event()
+    results: Any = ctx.Queue()
+    holder = ctx.Process(
+        target=hold_long,
+        args=(redis_url, sim.url, sim.api_key, "10", held),
+        kwargs={"release": release, "max_hold_ttl": 2.0, "heartbeat": SLOW_BEAT},
+    )
+    holder.start()
+    try:
+        assert held.wait(30)
+        ledger.client.flushall()
+        late = ctx.Process(
+            target=spend_once,
+            args=(redis_url, sim.url, sim.api_key, "10", results),
+            kwargs={"heartbeat": SLOW_BEAT},
+        )
+        late.start()
+        assert results.get(timeout=30) == "refused"
+        late.join(10)
+        assert _held(ledger, hyper3d) == 10  # re-announced by A
+        release.set()
+        holder.join(10)
+        assert holder.exitcode == 0
+        after = ctx.Process(
+            target=spend_once,
+            args=(redis_url, sim.url, sim.api_key, "10", results),
+            kwargs={"heartbeat": SLOW_BEAT},
+        )
+        after.start()
+        assert results.get(timeout=30) == "admitted"
+        after.join(10)
+    finally:
+        holder.kill()
+        holder.join(10)
+    assert _held(ledger, hyper3d) == 0
+
+
+def test_state_loss_waits_for_re_announced_holds_in_process(
+    hyper3d: sg.Hyper3D, redis_url: str
+) -> None:
+    """After a flush, a ledger that never saw the old state waits the recovery window,
+    sees the live holder's re-announced hold, and refuses what it would overspend."""
+    with (
+        _open(redis_url, heartbeat=SLOW_BEAT) as first,
+        _open(redis_url, heartbeat=SLOW_BEAT) as fresh,
+    ):
+        holder = sg.SpendGuard(hyper3d, hold_ttl=None, ledger=first)
+        with holder.spend(7) as hold:
+            first.client.flushall()
+            started = time.monotonic()
+            late = sg.SpendGuard(hyper3d, ledger=fresh)
+            assert not late.check(4).sufficient
+            assert time.monotonic() - started >= fresh.recovery * 0.9
+            assert late.check(3).sufficient
+            hold.release()
+        assert late.check(10).sufficient
+
+
+def test_one_round_trip_per_heartbeat_renews_every_open_hold(redis_url: str) -> None:
+    """20 open holds on two accounts are renewed by one EVALSHA per heartbeat, not one per
+    hold; ended holds are no longer renewed."""
+    with _open(redis_url, max_hold_ttl=1.0, heartbeat=0.1) as ledger:
+        ids = [
+            ledger.hold(account, Decimal(1), hold_ttl=math.inf).hold_id
+            for account in ("wallet:a", "wallet:b")
+            for _ in range(10)
+        ]
+        assert len(ledger.open_holds()) == 20
+        ledger.client.config_resetstat()
+        time.sleep(1.05)
+        beats = _evalsha_calls(ledger.client)
+        assert 5 <= beats <= 12
+        for hold_id in ids:
+            ledger.end("wallet:a" if hold_id in ids[:10] else "wallet:b", hold_id, None)
+        assert ledger.open_holds() == {}
+        ledger.client.config_resetstat()
+        time.sleep(0.35)
+        assert _evalsha_calls(ledger.client) == 0
+
+
+def test_a_recovery_longer_than_lock_timeout_raises_with_retry_after(redis_url: str) -> None:
+    """When the recovery window outlasts lock_timeout, an admission raises LedgerError with
+    retry_after instead of waiting; a heartbeat above half of max_hold_ttl is refused."""
+    with _open(redis_url, heartbeat=1.0, lock_timeout=0.5) as ledger:
+        guard = sg.SpendGuard(_Wallet(Decimal(5), "wallet:slow-recovery"), ledger=ledger)
+        with pytest.raises(sg.LedgerError) as paused:
+            guard.check(1)
+    assert paused.value.retry_after is not None
+    assert 2.5 < paused.value.retry_after <= 3.0
+    with pytest.raises(sg.ConfigurationError, match="heartbeat"):
+        RedisLedger.from_url(redis_url, max_hold_ttl=1.0, heartbeat=0.6)
+
+
+# -- the range -----------------------------------------------------------------------------
+
+
+def test_balances_of_many_millions_count_exactly(ledger: RedisLedger) -> None:
+    """A balance of 12,345,678.00001 (10^-5 dollar resolution) is counted to the last digit."""
+    wallet = _Wallet(Decimal("12345678.00001"), "wallet:millions")
+    guard = sg.SpendGuard(wallet, ledger=ledger)
+    assert guard.check(Decimal("12345678.00001")).sufficient
+    assert not guard.check(Decimal("12345678.000011")).sufficient
+    with guard.spend(Decimal("12345677.5")):
+        assert guard.available() == Decimal("0.50001")
+
+
+def test_out_of_range_values_are_conservative(ledger: RedisLedger) -> None:
+    """A balance above MAX_AMOUNT counts as MAX_AMOUNT; a cost above it is refused."""
+    wallet = _Wallet(MAX_AMOUNT * 5, "wallet:beyond")
+    guard = sg.SpendGuard(wallet, ledger=ledger)
+    assert guard.balance() == MAX_AMOUNT
+    assert guard.check(MAX_AMOUNT).sufficient
+    refused = guard.check(MAX_AMOUNT + 1)
+    assert not refused.sufficient
+    assert refused.available == MAX_AMOUNT
+
+
+def test_settle_above_the_range_ends_the_hold(ledger: RedisLedger, redis_url: str) -> None:
+    """hold.settle(x) above MAX_AMOUNT ends the Redis hold and records MAX_AMOUNT spent:
+    no other process is admitted anything until the next lookup."""
+    wallet = _Wallet(Decimal(10), "wallet:settle-beyond")
+    guard = sg.SpendGuard(wallet, ledger=ledger)
+    with guard.spend(5) as hold:
+        hold.settle(MAX_AMOUNT * 3)
+    assert _held(ledger, wallet) == 0
+    assert ledger.open_holds() == {}
+    assert Decimal(_state(ledger, wallet)["spent"]) * SCALE == MAX_AMOUNT
+    with _open(redis_url) as other_ledger:
+        other = sg.SpendGuard(wallet, ledger=other_ledger)
+        assert not other.check(Decimal("0.000001")).sufficient
+
+
 # -- Redis failures ------------------------------------------------------------------------
 
 
 def test_raise_policy_raises_ledger_error(sim: ProviderSimulator, hyper3d: sg.Hyper3D) -> None:
     """With Redis unreachable and on_ledger_error="raise", the call does not run."""
     ran: list[int] = []
-    with RedisLedger.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_timeout=0.2) as dead:
+    with _open(f"redis://127.0.0.1:{free_port()}/0", socket_timeout=0.2) as dead:
         guard = sg.SpendGuard(hyper3d, ledger=dead)
 
         @guard(cost=1)
@@ -491,7 +681,7 @@ def test_local_policy_falls_back_with_a_warning(
     process's ledger (still checking the balance) and logs a WARNING."""
     caplog.set_level(logging.WARNING, logger="spendguard")
     url = f"redis://127.0.0.1:{free_port()}/0"
-    with RedisLedger.from_url(url, on_ledger_error="local", socket_timeout=0.2) as dead:
+    with _open(url, on_ledger_error="local", socket_timeout=0.2) as dead:
         guard = sg.SpendGuard(hyper3d, ledger=dead)
         with guard.spend(6) as hold:
             assert guard.held == 6
@@ -511,7 +701,7 @@ def test_local_spending_reaches_redis_when_it_answers_again(
     """While Redis does not answer, "local" decides in-process; what was spent meanwhile
     is recorded in Redis with the first decision after it answers again."""
     with (
-        RedisLedger.from_url(redis_url, on_ledger_error="local", socket_timeout=0.2) as ledger,
+        _open(redis_url, on_ledger_error="local", socket_timeout=0.2) as ledger,
         redis.Redis.from_url(redis_url) as admin,
     ):
         guard = sg.SpendGuard(hyper3d, ledger=ledger)
@@ -564,8 +754,9 @@ def test_allow_policy_and_shadow_mode_still_hold_in_redis(
 
 def test_redis_restart_mid_run(sim: ProviderSimulator) -> None:
     """Redis restarted (keys lost) while 4 threads spend: calls fail with LedgerError while
-    it is down and for max_hold_ttl after, then the balance is looked up again. Nothing is
-    admitted beyond the balance: every admitted call is paid, none is refused with 402."""
+    it is down, wait for the holds in flight to be re-announced, then the balance is looked
+    up again. Nothing is admitted beyond the balance: every admitted call is paid, none is
+    refused with 402."""
     sim.hyper3d_balance = 20
     stop = threading.Event()
     lock = threading.Lock()
@@ -577,7 +768,7 @@ def test_redis_restart_mid_run(sim: ProviderSimulator) -> None:
 
         def work() -> None:
             with (
-                RedisLedger.from_url(server.url, max_hold_ttl=0.5, socket_timeout=0.5) as ledger,
+                _open(server.url, max_hold_ttl=0.5, heartbeat=0.15, socket_timeout=0.5) as ledger,
                 sg.Hyper3D(sim.api_key, base_url=sim.url, timeout=5) as provider,
                 requests.Session() as http,
             ):
@@ -620,7 +811,6 @@ def test_redis_restart_mid_run(sim: ProviderSimulator) -> None:
     assert seen["admitted"] == len(sim.charges) == 40
     assert sim.hyper3d_balance == 0
     assert seen["ledger"] > 0  # while Redis was down
-    assert seen["paused"] > 0  # while the ledger waited for lost holds to expire
     assert after_restart[0] > 0
 
 
@@ -703,22 +893,19 @@ class _Wallet:
 def test_long_batch_renews_its_hold_in_redis(
     hyper3d: sg.Hyper3D, ledger: RedisLedger, redis_url: str
 ) -> None:
-    """A batch running longer than hold_ttl keeps its hold in Redis, renewed as items are
-    done (at most once per hold_ttl / 4), so another process cannot admit it meanwhile;
-    when the batch ends the hold is gone."""
+    """A batch running longer than hold_ttl keeps its hold in Redis (each item renews the
+    batch's hold_ttl, the heartbeat renews the hold in Redis), so another process cannot
+    admit it meanwhile; when the batch ends the hold is gone."""
     guard = sg.SpendGuard(hyper3d, hold_ttl=1, ledger=ledger)
-    with RedisLedger.from_url(redis_url) as other_ledger:
+    with _open(redis_url) as other_ledger:
         other = sg.SpendGuard(hyper3d, ledger=other_ledger)
         started = time.monotonic()
         batch = guard.batch(range(15), lambda i: Decimal("0.5"))
         assert _held(ledger, hyper3d) == Decimal("7.5")
-        renewals = _evalsha_calls(ledger.client)
         for _ in batch:
             time.sleep(0.1)
             assert not other.check(3).sufficient  # 7.5 held of 10: 2.5 left at most
-        renewals = _evalsha_calls(ledger.client) - renewals - 15  # other's checks
         assert time.monotonic() - started >= 1.5
-        assert 2 <= renewals <= 7  # every 0.25 s over 1.5 s, not once per item
         assert _held(ledger, hyper3d) == 0
         assert guard.balance() == Decimal("2.5")  # 15 items of 0.5 spent
         assert other.check(Decimal("2.5")).sufficient
