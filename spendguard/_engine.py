@@ -40,6 +40,10 @@ _DEBUG = logging.DEBUG
 BACKLOG = 256
 _LOCAL_FOR = 1.0
 """Seconds a guard decides locally after a ledger error (``"local"``) before trying again."""
+_LIVE = math.inf
+"""The expiry asked of a shared ledger's holds: none while this process lives (the ledger
+renews them, and the engine ends them itself, at its own ``hold_ttl`` if their owner
+vanished); a ledger expires them only once the process is gone."""
 _LOCAL = ""
 """A ticket's ``fleet`` when this process admitted it alone: its cost still reaches the ledger."""
 
@@ -369,7 +373,7 @@ class Engine:
                 amount,
                 hold=hold,
                 floor=self.floor,
-                hold_ttl=self.hold_ttl,
+                hold_ttl=_LIVE,
                 ttl=self.ttl,
                 refresh_interval=self.refresh_interval,
                 lookup=self.provider.check,
@@ -416,7 +420,7 @@ class Engine:
                 amount,
                 hold=hold,
                 floor=self.floor,
-                hold_ttl=self.hold_ttl,
+                hold_ttl=_LIVE,
                 ttl=self.ttl,
                 refresh_interval=self.refresh_interval,
                 lookup=None,
@@ -443,7 +447,7 @@ class Engine:
             with self.account.lock:
                 tally.failed += 1
             raise exc
-        held = fleet.hold(amount, hold_ttl=self.hold_ttl) if hold else None
+        held = fleet.hold(amount, hold_ttl=_LIVE) if hold else None
         available = None if held is None or held.available is None else held.available
         age = None if held is None else held.age
         outcome = _policy.judge(amount, None, left, source="fallback", age=age)
@@ -535,7 +539,7 @@ class Engine:
             self.account.attach(ticket, _LOCAL)
             return
         try:
-            held = fleet.hold(amount, hold_ttl=self.hold_ttl)
+            held = fleet.hold(amount, hold_ttl=_LIVE)
         except LedgerError as exc:
             log.warning("%s: could not hold a shadow-mode call in the ledger: %s", self.name, exc)
             self.account.attach(ticket, _LOCAL)

@@ -60,12 +60,11 @@ class Ledger(Protocol):
     Budgets and floors stay with each guard: the ledger only sees the floor it is given.
     Any method may raise :class:`~spendguard.LedgerError` when the ledger cannot be used.
 
-    A ledger may also offer ``renew(account_id, hold_id, hold_ttl) -> bool``, which pushes
-    an open hold's expiry back to ``hold_ttl`` seconds from now and says whether the hold
-    was still there. It is optional (not part of this protocol, so ledgers written without
-    it still qualify): when present, a batch renews its hold with it while its items run,
-    at most once per ``hold_ttl / 4`` seconds, so that a batch running longer than
-    ``hold_ttl`` keeps its hold; without it, such a batch's hold expires in the ledger.
+    A hold must stay held while the process that took it lives, however long its call
+    runs, and expire once that process is gone (killed, or its machine lost): a guard asks
+    for holds with ``hold_ttl=inf`` and ends them itself, also when its own ``hold_ttl``
+    runs out. The bundled ledgers keep a process's holds alive with one renewal per
+    heartbeat (see :class:`spendguard.redis.RedisLedger`).
     """
 
     @property
