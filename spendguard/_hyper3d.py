@@ -6,10 +6,11 @@ from decimal import Decimal
 
 import requests
 
+from ._answer import Secret, money, text
 from ._check import Check
 from ._errors import ProviderError
-from ._http import DEFAULT_RETRIES
-from ._money import Amount, parse_number, to_amount
+from ._http import DEFAULT_RETRIES, conceal
+from ._money import Amount, to_amount
 from ._provider import HTTPProvider
 
 _SUCCESS_ERRORS = (None, "", "OK")
@@ -40,13 +41,15 @@ class Hyper3D(HTTPProvider):
 
     def __init__(
         self,
-        api_key: str | None = None,
+        api_key: str | Secret | None = None,
         *,
         base_url: str | None = None,
         timeout: float = 10.0,
         session: requests.Session | None = None,
         retries: int = DEFAULT_RETRIES,
     ) -> None:
+        # Rebinding keeps the key out of this frame's locals in any traceback.
+        api_key = conceal(api_key)
         super().__init__(
             api_key, base_url=base_url, timeout=timeout, session=session, retries=retries
         )
@@ -66,16 +69,13 @@ class Hyper3D(HTTPProvider):
         error = body.get("error")
         if error not in _SUCCESS_ERRORS:
             message = body.get("message")
-            detail = f": {str(message)[:200]}" if message else ""
+            detail = f": {text(message, None)}" if message else ""
             raise ProviderError(
-                f"error {str(error)[:60]!r}{detail}",
+                f"error {text(error, None, 60)!r}{detail}",
                 provider=self.name,
-                code=error if isinstance(error, str) else None,
+                code=text(error, None, 60) if isinstance(error, str) else None,
             )
-        try:
-            return parse_number(body.get("balance"))
-        except ValueError as exc:
-            raise ProviderError(f"malformed balance: {exc}", provider=self.name) from None
+        return money(body.get("balance"), field="balance", provider=self.name)
 
     def check(self, amount: Amount) -> Check:
         """Compare ``amount`` credits with a fresh balance (Hyper3D has no check endpoint)."""

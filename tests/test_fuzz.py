@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import spendguard as sg
-from spendguard._http import _NOT_JSON, _decode
+from spendguard._answer import NOT_JSON, Secret, read
 from spendguard._money import (
     MAX_MAGNITUDE,
     MIN_MAGNITUDE,
@@ -142,8 +142,8 @@ def _has_float(value: Any) -> bool:
 @given(st.binary(max_size=200) | st.text(max_size=100).map(str.encode))
 def test_decode_never_raises(raw: bytes) -> None:
     """Any bytes decode to JSON without floats, or to the not-JSON marker."""
-    body = _decode(raw, "secret-key")
-    assert body is _NOT_JSON or not _has_float(body)
+    _, body = read(raw, Secret("secret-key"))
+    assert body is NOT_JSON or not _has_float(body)
 
 
 JSON_NUMBERS = st.one_of(
