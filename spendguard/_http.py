@@ -45,7 +45,7 @@ RETRY_AFTER_CAP = 10.0
 """The longest wait between two attempts, whatever ``Retry-After`` asks (and never more
 than the provider's ``timeout``)."""
 
-_SECONDS = re.compile(r"\d+(?:\.\d*)?")
+_SECONDS = re.compile(r"[0-9]+(?:\.[0-9]*)?")
 
 
 class _CappedRetry(Retry):

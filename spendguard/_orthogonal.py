@@ -80,7 +80,7 @@ class Orthogonal(HTTPProvider):
         # Rebinding keeps the key out of this frame's locals in any traceback.
         api_key = conceal(api_key)
         if units_per_dollar is not None and (
-            isinstance(units_per_dollar, bool) or units_per_dollar not in SCALES
+            type(units_per_dollar) is not int or units_per_dollar not in SCALES
         ):
             raise ConfigurationError(
                 f"units_per_dollar must be None (learn it), 100 or 100000, got {units_per_dollar!r}"
