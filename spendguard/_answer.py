@@ -16,7 +16,11 @@ answer (an HTML 502, a number ``Decimal`` cannot hold, a key echoed back) is han
 from __future__ import annotations
 
 import json
+import logging
 import re
+import threading
+import traceback
+import weakref
 from decimal import Decimal
 from typing import Any
 
@@ -49,12 +53,14 @@ class Secret:
     (``traceback`` with ``capture_locals=True``, ``pytest --showlocals``, error trackers).
     """
 
-    __slots__ = ("_bytes_pattern", "_key", "_text_pattern")
+    __slots__ = ("__weakref__", "_bytes_pattern", "_key", "_text_pattern")
 
     def __init__(self, value: str) -> None:
         self._key = value
         self._text_pattern = _fragments_pattern(value)
         self._bytes_pattern = _fragments_pattern(value.encode("utf-8"))
+        if self._text_pattern is not None:
+            _LIVE.add(self)
 
     def reveal(self) -> str:
         """The key itself, for the one place that sends it."""
@@ -103,6 +109,56 @@ class Secret:
 
     def __reduce__(self) -> Any:
         raise TypeError("an API key is not pickled")
+
+
+_LIVE: weakref.WeakSet[Secret] = weakref.WeakSet()
+
+
+def scrub_all(text: str) -> str:
+    """``text`` scrubbed of every key a live :class:`Secret` holds."""
+    for key in list(_LIVE):
+        text = key.scrub(text)
+    return text
+
+
+class ScrubRecords(logging.Filter):
+    """Scrubs every live key from the records of a logger the library does not own (the
+    HTTP stack's: urllib3 quotes a broken status line or header, which may echo a key)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not _LIVE:
+            return True
+        try:
+            message = record.getMessage()
+        except Exception:
+            return True
+        clean = scrub_all(message)
+        if clean != message:
+            record.msg, record.args = clean, ()
+        if record.exc_info and record.exc_info[1] is not None:
+            text = "".join(traceback.format_exception(*record.exc_info))
+            record.exc_text = scrub_all(text).rstrip("\n")
+            record.exc_info = None
+        return True
+
+
+_FILTERED_LOGGERS = (
+    "urllib3.connectionpool",
+    "urllib3.connection",
+    "urllib3.response",
+    "urllib3.util.retry",
+)
+_filter_lock = threading.Lock()
+_filter = ScrubRecords()
+
+
+def scrub_http_logs() -> None:
+    """Attach :class:`ScrubRecords` to the HTTP stack's loggers, once per process."""
+    with _filter_lock:
+        for name in _FILTERED_LOGGERS:
+            logger = logging.getLogger(name)
+            if _filter not in logger.filters:
+                logger.addFilter(_filter)
 
 
 class MaskedHeader(str):

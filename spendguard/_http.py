@@ -15,8 +15,9 @@ import re
 import socket
 import threading
 import time
+import traceback
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -27,7 +28,7 @@ import urllib3.response
 from requests.adapters import HTTPAdapter
 from urllib3.util import Retry
 
-from ._answer import RETRY_STATUSES, MaskedHeader, Secret, outcome, read
+from ._answer import RETRY_STATUSES, MaskedHeader, Secret, outcome, read, scrub_http_logs
 from ._errors import BalanceUnavailable, ConfigurationError, ProviderError
 
 log = logging.getLogger("spendguard")
@@ -204,6 +205,7 @@ def build_session(
         raise_on_redirect=False,
         wait_cap=wait_cap,
     )
+    scrub_http_logs()
     session = requests.Session()
     adapter = _BoundedAdapter(max_retries=retry, pool_maxsize=32)
     session.mount("https://", adapter)
@@ -292,23 +294,72 @@ class BearerAuth(requests.auth.AuthBase):
         return f"BearerAuth({self._key!r})"
 
 
-@contextmanager
-def translate_errors(provider: str, exchange: _Exchange | None = None) -> Iterator[None]:
-    """Turn ``requests`` failures into the most specific spendguard error."""
-    try:
-        yield
-    except (
-        requests.RequestException,
-        urllib3.exceptions.HTTPError,
-        http.client.HTTPException,
-        OSError,
-    ) as exc:
-        if exchange is not None and exchange.expired:
-            raise BalanceUnavailable(
-                f"the request timed out (no complete answer within {exchange.timeout:g} s)",
-                provider=provider,
-            ) from exc
-        raise _translated(exc, provider) from exc
+LOW_LEVEL_ERRORS = (
+    requests.RequestException,
+    urllib3.exceptions.HTTPError,
+    http.client.HTTPException,
+    OSError,
+)
+"""What the HTTP stack raises: translated by :func:`translate_error`, never passed on."""
+
+
+def translate_error(
+    exc: Exception, provider: str, exchange: _Exchange | None, key: Secret | None
+) -> tuple[ProviderError, BaseException]:
+    """The most specific spendguard error for an HTTP-stack failure, and what to raise it
+    from: the original, or a :class:`LowLevelError` standing in for it when its text
+    held a fragment of ``key``. The one place ``requests`` errors are translated."""
+    cause = scrub_error(exc, key)
+    if exchange is not None and exchange.expired:
+        return BalanceUnavailable(
+            f"the request timed out (no complete answer within {exchange.timeout:g} s)",
+            provider=provider,
+        ), cause
+    return _translated(exc, provider), cause
+
+
+class LowLevelError(Exception):
+    """Stands in for an HTTP-stack error whose text held part of the API key (a provider
+    can echo it in a status line or a header): the original's type and message, scrubbed,
+    and its frames, without their local variables."""
+
+
+def scrub_error(exc: BaseException, key: Secret | None) -> BaseException:
+    """``exc`` with the locals of its finished frames cleared, or a :class:`LowLevelError`
+    in its place when the text of ``exc`` or of its causes holds a fragment of ``key``."""
+    forget_locals(exc)
+    if key is None:
+        return exc
+    text = "\n".join(f"{error}\n{error!r}" for error in _chain(exc))
+    if key.scrub(text) == text:
+        return exc
+    name = f"{type(exc).__module__}.{type(exc).__qualname__}"
+    stand_in = LowLevelError(f"{name}: {key.scrub(str(exc), 2000)}")
+    return stand_in.with_traceback(exc.__traceback__)
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    pending: list[BaseException] = [exc]
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        pending += [e for e in (current.__cause__, current.__context__) if e is not None]
+        pending += [a for a in current.args if isinstance(a, BaseException)]
+        reason = getattr(current, "reason", None)
+        if isinstance(reason, BaseException):
+            pending.append(reason)
+
+
+def forget_locals(exc: BaseException) -> None:
+    """Clear the local variables of the finished frames in ``exc``'s tracebacks (its causes
+    too). They hold what the provider sent, which may echo the key: a traceback rendered
+    with locals must not show it. Function names and lines stay for debugging."""
+    for error in _chain(exc):
+        traceback.clear_frames(error.__traceback__)
 
 
 def _translated(exc: Exception, provider: str) -> ProviderError:
@@ -361,7 +412,7 @@ def request_json(
     exchange = _Exchange(timeout)
     token = _EXCHANGE.set(exchange)
     try:
-        with translate_errors(provider, exchange):
+        try:
             response = session.request(
                 method,
                 url,
@@ -376,6 +427,11 @@ def request_json(
                 raw = _read_capped(response, provider)
             finally:
                 response.close()
+        except LOW_LEVEL_ERRORS as exc:
+            error, cause = translate_error(exc, provider, exchange, key)
+            # This frame's locals are in every traceback of the error: not the original.
+            del exc
+            raise error from cause
         if exchange.expired:
             raise BalanceUnavailable(
                 f"the request timed out (no complete answer within {timeout:g} s)",

@@ -9,7 +9,7 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import requests
 
-from ._answer import Secret, redact
+from ._answer import Secret, redact, scrub_http_logs
 from ._check import Check
 from ._errors import ConfigurationError
 from ._http import (
@@ -95,6 +95,7 @@ class HTTPProvider:
             raise ConfigurationError(f"retries must be an int from 0 to 10, got {retries!r}")
         self._key = resolve_key(api_key, self._key_vars, self.name)
         del api_key
+        scrub_http_logs()
         self.base_url = resolve_base_url(base_url, self._url_var, self._default_url, self.name)
         self.timeout = float(timeout)
         self._owns_session = session is None

@@ -13,14 +13,16 @@ from typing import Any, TypeAlias
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import requests
+import urllib3
 from requests.adapters import DEFAULT_POOLBLOCK, DEFAULT_POOLSIZE, HTTPAdapter
 from urllib3.exceptions import ClosedPoolError, ConnectTimeoutError, MaxRetryError
 from urllib3.util import Retry
 
-from ._answer import MaskedHeader, Secret, decode, describe_error
+from ._answer import MaskedHeader, Secret, decode, describe_error, scrub_http_logs
 from ._errors import ConfigurationError, InsufficientCredits, SpendGuardError
 from ._guard import SpendGuard
 from ._hold import Hold
+from ._http import scrub_error
 from ._hyper3d import Hyper3D
 from ._money import Amount, format_amount, to_amount
 from ._orthogonal import Orthogonal
@@ -139,6 +141,7 @@ class GuardedAdapter(HTTPAdapter):
         self._keys = tuple(prices or ())
         self._exact, self._globs = _routes(prices or {})
         self._builtin = _builtin_route(guard)
+        scrub_http_logs()
         super().__init__(
             pool_connections=pool_connections,
             pool_maxsize=pool_maxsize,
@@ -198,22 +201,30 @@ class GuardedAdapter(HTTPAdapter):
             requests.RequestException: As ``HTTPAdapter.send``, after the hold is ended.
         """
         _mask_authorization(request)
+        # Registered while the request is in flight: log records of the HTTP stack that
+        # quote this key (an echoed status line) are scrubbed.
+        key = _bearer_key(request)  # noqa: F841
         quote = self._quote(request)
         if quote is None:
             return super().send(request, stream, timeout, verify, cert, proxies)
         cost, priced_by_answer = quote
         refused: str | None = None
+        unread: Exception | None = None
         with self._guard.spend(cost) as hold:
             try:
                 response = super().send(request, stream, timeout, verify, cert, proxies)
             except BaseException as exc:
                 self._end_after_failure(hold, request, exc)
-                raise
+                failure = _scrubbed(exc, request)
+                if failure is exc:
+                    raise
+                raise failure from None
             status = response.status_code
             if 200 <= status < 300:
-                hold.settle(
-                    self._charged(response, cost) if priced_by_answer and not stream else cost
-                )
+                charged = cost
+                if priced_by_answer and not stream:
+                    charged, unread = self._charged(response, cost)
+                hold.settle(charged)
             elif status == 402:
                 hold.release()
                 refused = self._payment_message(request, response)
@@ -223,6 +234,19 @@ class GuardedAdapter(HTTPAdapter):
             refusal = self._payment_refusal(cost, refused)
             log.warning("%s; the cached balance is dropped", refusal)
             raise refusal
+        if unread is not None:
+            raise _scrubbed(unread, request) from None
+        if not stream:
+            # Read here, not in requests' Session.send, so that a broken body's error is
+            # scrubbed of the key like every other.
+            try:
+                _ = response.content
+            except Exception as exc:
+                response.close()
+                failure = _scrubbed(exc, request)
+                if failure is exc:
+                    raise
+                raise failure from None
         return response
 
     def __repr__(self) -> str:
@@ -298,18 +322,27 @@ class GuardedAdapter(HTTPAdapter):
 
     # -- outcomes ----------------------------------------------------------------------
 
-    def _charged(self, response: requests.Response, cost: Decimal) -> Decimal:
-        """What an Orthogonal ``/v1/run`` answer says was charged, else ``cost``.
+    def _charged(
+        self, response: requests.Response, cost: Decimal
+    ) -> tuple[Decimal, Exception | None]:
+        """What an Orthogonal ``/v1/run`` answer says was charged, else ``cost``; and the
+        error that broke off its body, if one did (raised once the hold is settled, as
+        ``requests`` would raise it reading the body).
 
-        Never raises: the request was sent and paid for, so the caller gets its response
-        whatever the answer holds, and an unreadable price settles at the cost held.
+        An answer that arrived but says nothing usable (no price, ``1e999999999``, HTML)
+        settles at ``cost``: the request was sent and paid for, so the caller gets it.
         """
         try:
-            body = decode(response.content)
+            content = response.content
+        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
+            response.close()
+            return cost, exc
+        try:
+            body = decode(content)
             price = parse_orthogonal_price(body.get("price")) if isinstance(body, dict) else None
-        except Exception:
+        except SpendGuardError:
             price = None
-        return cost if price is None else price
+        return (cost if price is None else price), None
 
     def _end_after_failure(
         self, hold: Hold, request: requests.PreparedRequest, exc: BaseException
@@ -497,6 +530,17 @@ def _normal_url(scheme: str, netloc: str, path: str) -> str:
     scheme = scheme.lower()
     suffix = "" if port is None or port == _DEFAULT_PORTS.get(scheme) else f":{port}"
     return f"{scheme}://{host}{suffix}{path}"
+
+
+def _scrubbed(exc: BaseException, request: requests.PreparedRequest) -> BaseException:
+    """``exc`` with its frames' locals cleared; a ``requests`` error whose text holds part
+    of the request's key is replaced by one of the same type with that text scrubbed."""
+    key = _bearer_key(request)
+    clean = scrub_error(exc, key)
+    if clean is exc or key is None or not isinstance(exc, requests.RequestException):
+        return exc
+    copy = type(exc)(key.scrub(str(exc), 2000), request=exc.request, response=exc.response)
+    return copy.with_traceback(exc.__traceback__)
 
 
 def _mask_authorization(request: requests.PreparedRequest) -> None:
