@@ -9,7 +9,8 @@ The tree::
     │   └── BalanceUnavailable       timeout, connection error, 429 or 5xx after retries
     ├── LedgerError                  the shared ledger (Redis) is down, slow or lost its state
     └── ConfigurationError           (also a ValueError) a missing key, a bad URL, a bad option
-        └── UnknownPrice             (spendguard.pricing) a tier or addon with no known price
+        └── UnknownPrice             (spendguard.pricing) a tier or addon with no known price,
+                                     or a billable request whose price cannot be read
 
 Every exception carries its data as attributes and builds its own message; none of them
 ever holds an API key. All of them pickle.

@@ -140,10 +140,21 @@ _EXCHANGE: contextvars.ContextVar[_Exchange | None] = contextvars.ContextVar(
 class _BoundedHTTPConnection(urllib3.connection.HTTPConnection):
     """A connection whose attempts end when the current :class:`_Exchange` says so."""
 
-    def request(self, *args: Any, **kwargs: Any) -> None:
+    _connected_for: _Exchange | None = None
+
+    def connect(self) -> None:
+        # A TLS connection is opened before request(): its handshake is on the clock too.
         exchange = _EXCHANGE.get()
         if exchange is not None:
             exchange.begin(self)
+            self._connected_for = exchange
+        super().connect()
+
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        exchange = _EXCHANGE.get()
+        if exchange is not None and self._connected_for is not exchange:
+            exchange.begin(self)
+        self._connected_for = None
         super().request(*args, **kwargs)
 
     def getresponse(self) -> urllib3.response.HTTPResponse:  # type: ignore[override]
@@ -367,11 +378,17 @@ def _translated(exc: Exception, provider: str) -> ProviderError:
         return BalanceUnavailable("the request timed out", provider=provider)
     if isinstance(exc, requests.ConnectionError):
         cause = _root_cause(exc)
-        message = (
-            "the request timed out"
-            if "Timeout" in cause
-            else f"could not reach the provider ({cause})"
-        )
+        garbled = [
+            e
+            for e in _chain(exc)
+            if isinstance(e, http.client.HTTPException) and not isinstance(e, OSError)
+        ]
+        if "Timeout" in cause:
+            message = "the request timed out"
+        elif garbled:
+            message = f"the answer's head could not be read ({type(garbled[0]).__name__})"
+        else:
+            message = f"could not reach the provider ({cause})"
         return BalanceUnavailable(message, provider=provider)
     if isinstance(
         exc,
@@ -497,8 +514,8 @@ def _root_cause(exc: BaseException) -> str:
     while id(current) not in seen:
         seen.add(id(current))
         nxt = current.__cause__ or current.__context__
-        if nxt is None and current.args and isinstance(current.args[0], BaseException):
-            nxt = current.args[0]
+        if nxt is None:
+            nxt = next((a for a in current.args if isinstance(a, BaseException)), None)
         reason = getattr(current, "reason", None)
         if nxt is None and isinstance(reason, BaseException):
             nxt = reason

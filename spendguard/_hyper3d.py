@@ -22,12 +22,14 @@ class Hyper3D(HTTPProvider):
     Args:
         api_key: The key; defaults to ``HYPER3D_API_KEY``, then ``RODIN_API_KEY``.
         base_url: Defaults to ``SPENDGUARD_HYPER3D_URL``, else ``https://api.hyper3d.com``.
-        timeout: Seconds for each HTTP request (connect and read, each attempt).
+        timeout: Seconds for each attempt in all: connect, status line, headers and body
+            (a timer cuts an answer that takes longer, however it trickles in).
         session: A ``requests.Session`` to use as is; by default one with retries for
             lookups is created.
         retries: Retries after a connection error, timeout, 429 or 5xx, with exponential
-            backoff and jitter, honouring ``Retry-After`` up to 10 s. A lookup therefore
-            takes at most about ``timeout × (retries + 1)`` plus the backoff.
+            backoff and jitter, honouring ``Retry-After``; no wait is longer than ``timeout``
+            (nor 10 s). A lookup therefore ends within ``timeout × (2 × retries + 1)``
+            seconds.
 
     Raises:
         ConfigurationError: No key, or an unsafe base URL.

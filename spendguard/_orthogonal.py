@@ -39,12 +39,14 @@ class Orthogonal(HTTPProvider):
     Args:
         api_key: The key; defaults to ``ORTHOGONAL_API_KEY``.
         base_url: Defaults to ``SPENDGUARD_ORTHOGONAL_URL``, else ``https://api.orthogonal.com``.
-        timeout: Seconds for each HTTP request (connect and read, each attempt).
+        timeout: Seconds for each attempt in all: connect, status line, headers and body
+            (a timer cuts an answer that takes longer, however it trickles in).
         session: A ``requests.Session`` to use as is (yours keeps its own retry policy);
             by default one with retries for lookups is created.
         retries: Retries after a connection error, timeout, 429 or 5xx, with exponential
-            backoff and jitter, honouring ``Retry-After`` up to 10 s. A lookup therefore
-            takes at most about ``timeout × (retries + 1)`` plus the backoff.
+            backoff and jitter, honouring ``Retry-After``; no wait is longer than ``timeout``
+            (nor 10 s). A lookup therefore ends within ``timeout × (2 × retries + 1)``
+            seconds.
         units_per_dollar: The scale of the API's ``*Cents`` fields: 100 or 100000 (the
             two the documentation shows). ``None`` learns it on first use by finding which
             of the two turns ``balanceCents`` into the dollar balance as served (rounded to
