@@ -93,6 +93,7 @@ class _Exchange:
         self._lock = threading.Lock()
         self._timer: threading.Timer | None = None
         self._done = False
+        self.armed = False
 
     def begin(self, connection: urllib3.connection.HTTPConnection) -> None:
         """Start the clock of an attempt on ``connection``."""
@@ -103,6 +104,7 @@ class _Exchange:
                 self._timer.cancel()
             self._timer = timer
             self.expired = False
+            self.armed = True
         timer.start()
 
     def check(self, connection: urllib3.connection.HTTPConnection) -> None:
@@ -440,8 +442,10 @@ def request_json(
                 allow_redirects=False,
                 stream=True,
             )
+            # A session of the caller's own has no timer: its body gets a deadline here.
+            deadline = None if exchange.armed else time.monotonic() + timeout
             try:
-                raw = _read_capped(response, provider)
+                raw = _read_capped(response, provider, deadline)
             finally:
                 response.close()
         except LOW_LEVEL_ERRORS as exc:
@@ -474,8 +478,9 @@ def request_json(
     )
 
 
-def _read_capped(response: requests.Response, provider: str) -> bytes:
-    """The body, at most ``MAX_BODY_BYTES`` of it, read with ``read1`` (what has arrived)."""
+def _read_capped(response: requests.Response, provider: str, deadline: float | None) -> bytes:
+    """The body, at most ``MAX_BODY_BYTES`` of it, read with ``read1`` (what has arrived),
+    refused once ``deadline`` (monotonic seconds) has passed, if one is given."""
     raw = response.raw
     read1 = getattr(raw, "read1", None)
     chunks_in: Iterator[bytes] = (
@@ -495,6 +500,12 @@ def _read_capped(response: requests.Response, provider: str) -> bytes:
                     status=response.status_code,
                 )
             chunks.append(chunk)
+            if deadline is not None and time.monotonic() > deadline:
+                raise BalanceUnavailable(
+                    "the request timed out (the body took too long to arrive)",
+                    provider=provider,
+                    status=response.status_code,
+                )
     except BaseException:
         # An unread body may hold anything the provider echoed: no frame keeps it.
         chunks.clear()

@@ -6,7 +6,7 @@ from decimal import Decimal
 
 import requests
 
-from ._answer import Secret, money, text
+from ._answer import money, text
 from ._check import Check
 from ._errors import ProviderError
 from ._http import DEFAULT_RETRIES, conceal
@@ -43,18 +43,17 @@ class Hyper3D(HTTPProvider):
 
     def __init__(
         self,
-        api_key: str | Secret | None = None,
+        api_key: str | None = None,
         *,
         base_url: str | None = None,
         timeout: float = 10.0,
         session: requests.Session | None = None,
         retries: int = DEFAULT_RETRIES,
     ) -> None:
-        # Rebinding keeps the key out of this frame's locals in any traceback.
-        api_key = conceal(api_key)
-        super().__init__(
-            api_key, base_url=base_url, timeout=timeout, session=session, retries=retries
-        )
+        # Only the masked key stays in this frame's locals, for any traceback.
+        key = conceal(api_key)
+        del api_key
+        super().__init__(key, base_url=base_url, timeout=timeout, session=session, retries=retries)
 
     def fetch_balance(self) -> Decimal:
         """``GET /api/v2/check_balance``: the balance in credits, exactly (``12.5`` stays 12.5).

@@ -103,6 +103,11 @@ def parse_dollars(text: str) -> Decimal:
     Raises:
         ValueError: ``text`` is not a dollar amount.
     """
+    with decimal.localcontext(CONTEXT):
+        return _parse_dollars(text)
+
+
+def _parse_dollars(text: str) -> Decimal:
     rest = text.strip()
     negative = rest.startswith("-")
     if negative:
@@ -111,6 +116,8 @@ def parse_dollars(text: str) -> Decimal:
         rest = rest[1:].lstrip()
         if rest.startswith("-") and not negative:
             negative, rest = True, rest[1:]
+    if len(rest) > _MAX_TEXT:
+        raise ValueError(f"not a dollar amount (too long): {_shorten(text)}")
     match = _DIGITS.fullmatch(rest)
     if match is None:
         raise ValueError(f"not a dollar amount: {_shorten(text)}")
@@ -167,6 +174,11 @@ def parse_number(value: object) -> Decimal:
     Raises:
         ValueError: ``value`` is not a finite number of plausible size.
     """
+    with decimal.localcontext(CONTEXT):
+        return _parse_number(value)
+
+
+def _parse_number(value: object) -> Decimal:
     if isinstance(value, UnusableNumber):
         raise ValueError(f"implausible number: {_shorten(str(value))}")
     if isinstance(value, bool) or not isinstance(value, int | Decimal):

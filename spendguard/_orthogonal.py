@@ -11,7 +11,7 @@ from typing import Any
 import requests
 from cachetools import TTLCache
 
-from ._answer import Secret, kind, money, text
+from ._answer import kind, money, text
 from ._check import Check
 from ._errors import AuthenticationError, BalanceUnavailable, ConfigurationError, ProviderError
 from ._http import DEFAULT_RETRIES, conceal
@@ -69,7 +69,7 @@ class Orthogonal(HTTPProvider):
 
     def __init__(
         self,
-        api_key: str | Secret | None = None,
+        api_key: str | None = None,
         *,
         base_url: str | None = None,
         timeout: float = 10.0,
@@ -79,17 +79,16 @@ class Orthogonal(HTTPProvider):
         clock: Callable[[], float] | None = None,
         retries: int = DEFAULT_RETRIES,
     ) -> None:
-        # Rebinding keeps the key out of this frame's locals in any traceback.
-        api_key = conceal(api_key)
+        # Only the masked key stays in this frame's locals, for any traceback.
+        key = conceal(api_key)
+        del api_key
         if units_per_dollar is not None and (
             type(units_per_dollar) is not int or units_per_dollar not in SCALES
         ):
             raise ConfigurationError(
                 f"units_per_dollar must be None (learn it), 100 or 100000, got {units_per_dollar!r}"
             )
-        super().__init__(
-            api_key, base_url=base_url, timeout=timeout, session=session, retries=retries
-        )
+        super().__init__(key, base_url=base_url, timeout=timeout, session=session, retries=retries)
         if isinstance(price_ttl, bool) or not isinstance(price_ttl, int | float) or price_ttl < 0:
             raise ConfigurationError(
                 f"price_ttl must be a non-negative number of seconds, got {price_ttl!r}"

@@ -513,3 +513,18 @@ def test_orthogonal_refusal_during_a_blip_is_unavailable(sim: ProviderSimulator)
             provider.check("1")
         assert provider.check("1").sufficient
         assert provider.units_per_dollar == 100
+
+
+def test_own_session_still_bounds_a_dribbled_body() -> None:
+    """With a caller's own session (no timer), a body dribbled a byte at a time is refused."""
+    whole = answer(200, b'{"balance": 10}' + b" " * 200)
+    head, _, body = whole.partition(b"\r\n\r\n")
+    with (
+        HostileServer(lambda _request: [(head + b"\r\n\r\n", 0.0), *trickled(body, 0.02)]) as srv,
+        requests.Session() as session,
+        sg.Hyper3D(KEY, base_url=srv.url, timeout=0.3, session=session) as provider,
+    ):
+        started = time.monotonic()
+        with pytest.raises(sg.BalanceUnavailable, match="timed out"):
+            provider.fetch_balance()
+        assert time.monotonic() - started <= 0.3 + 0.5
