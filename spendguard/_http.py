@@ -7,8 +7,10 @@ from __future__ import annotations
 import contextvars
 import email.utils
 import functools
+import heapq
 import http.client
 import ipaddress
+import itertools
 import logging
 import os
 import re
@@ -84,28 +86,26 @@ class _CappedRetry(Retry):
 class _Exchange:
     """One request's attempts, each given ``timeout`` seconds in all: connect, status line,
     headers and body. The socket timeout bounds each read, not their sum: a server sending
-    one byte per read would hold the caller for as long as it likes. So a timer shuts the
-    attempt's socket down when its time is up."""
+    one byte per read would hold the caller for as long as it likes. So the watchdog shuts
+    the attempt's socket down when its time is up."""
 
     def __init__(self, timeout: float) -> None:
         self.timeout = timeout
         self.expired = False
-        self._lock = threading.Lock()
-        self._timer: threading.Timer | None = None
-        self._done = False
         self.armed = False
+        self._lock = threading.Lock()
+        self._attempt = 0
+        self._connection: urllib3.connection.HTTPConnection | None = None
 
     def begin(self, connection: urllib3.connection.HTTPConnection) -> None:
         """Start the clock of an attempt on ``connection``."""
-        timer = threading.Timer(self.timeout, self._expire, (connection,))
-        timer.daemon = True
         with self._lock:
-            if self._timer is not None:
-                self._timer.cancel()
-            self._timer = timer
+            self._attempt += 1
+            self._connection = connection
             self.expired = False
             self.armed = True
-        timer.start()
+            attempt = self._attempt
+        _WATCHDOG.watch(time.monotonic() + self.timeout, self, attempt)
 
     def check(self, connection: urllib3.connection.HTTPConnection) -> None:
         """Cut ``connection`` if its time ran out before it had a socket."""
@@ -115,16 +115,63 @@ class _Exchange:
     def finish(self) -> None:
         """Stop the clock: the answer is read (or abandoned)."""
         with self._lock:
-            self._done = True
-            if self._timer is not None:
-                self._timer.cancel()
+            self._attempt = -1
+            self._connection = None
 
-    def _expire(self, connection: urllib3.connection.HTTPConnection) -> None:
+    def current(self, attempt: int) -> bool:
+        """Whether ``attempt`` is still running."""
+        return self._attempt == attempt
+
+    def expire(self, attempt: int) -> None:
+        """Cut ``attempt`` if it is still running."""
         with self._lock:
-            if self._done:
+            connection = self._connection if self._attempt == attempt else None
+            if connection is None:
                 return
             self.expired = True
         _shut(connection)
+
+
+class _Watchdog:
+    """One daemon thread that ends the attempts whose time is up (a heap of deadlines):
+    starting a thread per attempt would cost more than the lookup itself."""
+
+    def __init__(self) -> None:
+        self._ready = threading.Condition(threading.Lock())
+        self._due: list[tuple[float, int, _Exchange, int]] = []
+        self._order = itertools.count()
+        self._thread: threading.Thread | None = None
+
+    def watch(self, when: float, exchange: _Exchange, attempt: int) -> None:
+        """Call ``exchange.expire(attempt)`` at ``when`` (monotonic seconds)."""
+        with self._ready:
+            heapq.heappush(self._due, (when, next(self._order), exchange, attempt))
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(
+                    target=self._run, name="spendguard-watchdog", daemon=True
+                )
+                self._thread.start()
+            if self._due[0][2] is exchange:
+                self._ready.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._ready:
+                while True:
+                    while self._due and not self._due[0][2].current(self._due[0][3]):
+                        heapq.heappop(self._due)
+                    if not self._due:
+                        self._ready.wait()
+                        continue
+                    wait = self._due[0][0] - time.monotonic()
+                    if wait <= 0:
+                        _, _, exchange, attempt = heapq.heappop(self._due)
+                        break
+                    self._ready.wait(wait)
+            exchange.expire(attempt)
+
+
+_WATCHDOG = _Watchdog()
 
 
 def _shut(connection: urllib3.connection.HTTPConnection) -> None:
