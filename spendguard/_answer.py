@@ -37,6 +37,7 @@ SHOWN = 4
 """At most this many leading characters of a key appear anywhere."""
 
 _FRAGMENT = SHOWN + 1
+_NOT_YET: Any = object()
 _MESSAGE_LIMIT = 200
 _SNIPPET_LIMIT = 120
 
@@ -57,10 +58,12 @@ class Secret:
 
     def __init__(self, value: str) -> None:
         self._key = value
-        self._text_pattern = _fragments_pattern(value)
-        self._bytes_pattern = _fragments_pattern(value.encode("utf-8"))
-        if self._text_pattern is not None:
-            _LIVE.add(self)
+        # Compiled on first use: a Secret made for one request may never scrub anything.
+        self._text_pattern: Any = _NOT_YET
+        self._bytes_pattern: Any = _NOT_YET
+        if len(value) >= _FRAGMENT:
+            with _LIVE_LOCK:
+                _LIVE.add(self)
 
     def reveal(self) -> str:
         """The key itself, for the one place that sends it."""
@@ -77,6 +80,8 @@ class Secret:
 
     def scrub_bytes(self, raw: bytes) -> bytes:
         """``raw`` without the key's bytes or any fragment of them beyond four bytes."""
+        if self._bytes_pattern is _NOT_YET:
+            self._bytes_pattern = _fragments_pattern(self._key.encode("utf-8"))
         pattern = self._bytes_pattern
         if pattern is None or not raw:
             return raw
@@ -95,6 +100,8 @@ class Secret:
         return value
 
     def _scrub_text(self, text: str) -> str:
+        if self._text_pattern is _NOT_YET:
+            self._text_pattern = _fragments_pattern(self._key)
         pattern = self._text_pattern
         if pattern is None or not text:
             return text
@@ -112,11 +119,14 @@ class Secret:
 
 
 _LIVE: weakref.WeakSet[Secret] = weakref.WeakSet()
+_LIVE_LOCK = threading.Lock()
 
 
 def scrub_all(text: str) -> str:
     """``text`` scrubbed of every key a live :class:`Secret` holds."""
-    for key in list(_LIVE):
+    with _LIVE_LOCK:
+        keys = list(_LIVE)
+    for key in keys:
         text = key.scrub(text)
     return text
 
