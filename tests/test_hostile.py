@@ -528,3 +528,32 @@ def test_own_session_still_bounds_a_dribbled_body() -> None:
         with pytest.raises(sg.BalanceUnavailable, match="timed out"):
             provider.fetch_balance()
         assert time.monotonic() - started <= 0.3 + 0.5
+
+
+def test_unknown_availability_and_request_prices_pickle() -> None:
+    """InsufficientCredits with available unknown and a request's UnknownPrice survive pickling."""
+    import pickle
+
+    refusal = sg.InsufficientCredits(
+        required=Decimal(1), available=None, unit="credits", provider="hyper3d"
+    )
+    again = pickle.loads(pickle.dumps(refusal))
+    assert (again.available, again.shortfall, str(again)) == (None, None, str(refusal))
+    unknown = UnknownPrice(kind="request", name="POST /v1/run", reason="dynamic")
+    assert str(pickle.loads(pickle.dumps(unknown))) == str(unknown)
+
+
+def test_wrong_pin_reaches_the_guards_caller(sim: ProviderSimulator) -> None:
+    """A contradicted pin is raised through the guard, and nothing runs."""
+    ran: list[int] = []
+    with sg.Orthogonal(sim.api_key, base_url=sim.url, units_per_dollar=100) as provider:
+        guard = sg.SpendGuard(provider)
+
+        @guard(cost="0.01")
+        def call() -> None:
+            ran.append(1)
+
+        with pytest.raises(sg.ConfigurationError, match="units_per_dollar=100"):
+            call()
+        assert guard.held == 0
+    assert ran == []
