@@ -248,3 +248,20 @@ def test_provider_answers_are_a_balance_or_a_provider_error() -> None:
                 assert result.is_finite()
 
         lookup()
+
+
+NUMBER_TEXTS = st.one_of(
+    st.from_regex(r"-?(0|[1-9][0-9]{0,60})(\.[0-9]{1,60})?([eE][+-]?[0-9]{1,25})?", fullmatch=True),
+    st.sampled_from(["1e999999999", "1e99999999999999999999", "-1e-99999999999999999999"]),
+)
+
+
+@given(NUMBER_TEXTS)
+def test_json_numbers_never_raise(text: str) -> None:
+    """Any JSON number text is an exact Decimal parse_number can judge, or marked unusable."""
+    _, body = read(f'{{"n": {text}}}'.encode(), None)
+    number = _value_or_message(parse_number, body["n"])
+    if isinstance(number, str):
+        assert len(number) < MESSAGE_LIMIT
+    else:
+        assert number == Decimal(text)
