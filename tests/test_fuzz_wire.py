@@ -35,7 +35,7 @@ BOUND = TIMEOUT * (2 * RETRIES + 1)
 SLACK = 0.6
 """Scheduling noise on a shared machine, and a lookup's own work."""
 
-KEY = "sk_live_" + "Zq7vX2mN9pL4tR8wY3kJ6hB1cF5gD0sA"
+KEY = "sk_live_" + "Zq7vX2mN9pL4tR8wY3kJ6hB1cF5gD0sAWu2E"
 
 FUZZ = settings(
     max_examples=30,

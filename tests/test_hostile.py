@@ -26,7 +26,7 @@ DETAILS = "POST /v1/details"
 RODIN = "POST /api/v2/rodin"
 RUN = "POST /v1/run"
 
-KEY = "sk_live_" + "Zq7vX2mN9pL4tR8wY3kJ6hB1cF5gD0sA"  # 40 characters, none repeated in 5
+KEY = "sk_live_" + "Zq7vX2mN9pL4tR8wY3kJ6hB1cF5gD0sAWu2E"  # 44 characters
 """A long key: the tests look for any five of its characters in a row."""
 
 
@@ -105,10 +105,10 @@ def test_retry_after_below_the_timeout_is_honoured(sim: ProviderSimulator) -> No
 
 
 def test_trickled_head_is_cut_at_the_stated_bound() -> None:
-    """A status line and headers sent a byte at a time end within timeout x (2 retries + 1)."""
-    timeout, retries = 0.4, 2
+    """A head sent a byte every 0.5 s, timeout=1, retries=2: over within 5 s, not 25 s."""
+    timeout, retries = 1.0, 2
     head = answer(200, b'{"balance": 10}')
-    with HostileServer(lambda _request: trickled(head, 0.1)) as server:
+    with HostileServer(lambda _request: trickled(head, 0.5)) as server:
         with sg.Hyper3D(KEY, base_url=server.url, timeout=timeout, retries=retries) as provider:
             started = time.monotonic()
             with pytest.raises(sg.BalanceUnavailable, match="timed out"):
@@ -420,18 +420,20 @@ def test_billable_request_whose_price_cannot_be_read_is_not_sent(
 
 
 def test_402_reports_the_available_balance(sim: ProviderSimulator, hyper3d: sg.Hyper3D) -> None:
-    """After a 402 the error quotes a fresh lookup's available, not a made-up 0."""
-    sim.hyper3d_balance = "0.7"
-    sim.fail(RODIN, status=402, body={"error": "x", "message": "Insufficient credits"})
+    """A 402 on an account that now holds 0.2 says 0.2 available, not a made-up 0."""
     guard = sg.SpendGuard(hyper3d)
+    assert guard.check(0).available == 10
+    sim.hyper3d_balance = "0.2"
+    sim.fail(RODIN, status=402, body={"error": "x", "message": "Insufficient credits"})
     with guard.session() as http, pytest.raises(sg.InsufficientCredits) as caught:
         http.post(
             f"{sim.url}/api/v2/rodin",
             data={"prompt": "a chair"},
             headers={"Authorization": f"Bearer {sim.api_key}"},
         )
-    assert caught.value.available == Decimal("0.7")
-    assert "0.7 available" in str(caught.value)
+    assert caught.value.available == Decimal("0.2")
+    assert caught.value.shortfall == Decimal("0.3")
+    assert "0.2 available" in str(caught.value)
     assert sim.count(H3D) == 2
 
 
@@ -492,6 +494,21 @@ def test_orthogonal_snapshots_are_keyed_by_scale(sim: ProviderSimulator) -> None
     assert len({learned.account_id, pinned.account_id, cents.account_id}) == 3
     assert learned.account_id == sg.Orthogonal(sim.api_key, base_url=sim.url).account_id
     assert sim.api_key not in learned.account_id
+
+
+def test_a_pinned_guard_never_inherits_a_learning_guards_snapshot(
+    sim: ProviderSimulator,
+) -> None:
+    """A guard with the scale pinned looks the balance up itself, whatever another guard saw."""
+    sim.units_per_dollar = 100
+    with (
+        sg.Orthogonal(sim.api_key, base_url=sim.url) as learning,
+        sg.Orthogonal(sim.api_key, base_url=sim.url, units_per_dollar=100) as pinned,
+    ):
+        sg.SpendGuard(learning).check("0.01")
+        sim.reset_counts()
+        assert sg.SpendGuard(pinned).check("0.01").available == Decimal(5)
+        assert sim.count(CHECK) == 1
 
 
 def test_orthogonal_approval_survives_a_balance_blip(
