@@ -62,6 +62,7 @@ from urllib.parse import urlsplit
 
 import requests
 
+from ._answer import redact
 from ._errors import (
     AuthenticationError,
     ConfigurationError,
@@ -70,7 +71,7 @@ from ._errors import (
     SpendGuardError,
 )
 from ._guard import SpendGuard
-from ._http import DEFAULT_RETRIES, build_session, is_loopback, redact
+from ._http import DEFAULT_RETRIES, build_session, is_loopback
 from ._hyper3d import Hyper3D
 from ._money import format_amount, to_amount
 from ._orthogonal import Orthogonal
@@ -411,7 +412,8 @@ class _Demo:
             self.refused.append(exc)
             sent = self.sim.count(_PAID_ROUTE) - sent_before
             print(f"Refused before it started: {exc}")
-            print(f"Shortfall: {_credits(exc.shortfall)}; paid requests sent for it: {sent}")
+            shortfall = "unknown" if exc.shortfall is None else _credits(exc.shortfall)
+            print(f"Shortfall: {shortfall}; paid requests sent for it: {sent}")
         else:
             print("Admitted (the account could pay after all)")
 
@@ -428,7 +430,7 @@ class _Demo:
         """What was admitted, spent and refused, and the balance both ways."""
         _section("7. Summary")
         stats = self.guard.stats
-        short = sum((exc.shortfall for exc in self.refused), Decimal(0))
+        short = sum((exc.shortfall or Decimal(0) for exc in self.refused), Decimal(0))
         print(
             f"Decisions: {stats.decisions} ({stats.admitted} admitted, {stats.refused} refused, "
             "forecasts included)"

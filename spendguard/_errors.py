@@ -11,7 +11,8 @@ The tree::
     ├── ReentryError                 (also a RuntimeError) a balance lookup called back into
     │                                the guard that was looking it up
     └── ConfigurationError           (also a ValueError) a missing key, a bad URL, a bad option
-        └── UnknownPrice             (spendguard.pricing) a tier or addon with no known price
+        └── UnknownPrice             (spendguard.pricing) a tier or addon with no known price,
+                                     or a billable request whose price cannot be read
 
 Every exception carries its data as attributes and builds its own message; none of them
 ever holds an API key. All of them pickle.
@@ -48,8 +49,10 @@ class InsufficientCredits(SpendGuardError):
     Attributes:
         required: What the call needed, in the provider's unit.
         available: What the guard could spend when it decided (may be negative when
-            the balance sits below the guard's floor).
-        shortfall: ``required - available``, always positive.
+            the balance sits below the guard's floor); ``None`` when it is unknown (a
+            provider's 402 answer, after which the balance could not be looked up).
+        shortfall: ``required - available``, always positive; ``None`` when
+            ``available`` is unknown.
         unit: ``"USD"`` or ``"credits"`` (or a custom provider's unit).
         provider: The provider's name, e.g. ``"hyper3d"``.
         reason: Why, when it is not simply the balance (e.g. the guard's budget).
@@ -60,7 +63,7 @@ class InsufficientCredits(SpendGuardError):
         self,
         *,
         required: Decimal,
-        available: Decimal,
+        available: Decimal | None,
         unit: str,
         provider: str,
         reason: str | None = None,
@@ -68,17 +71,23 @@ class InsufficientCredits(SpendGuardError):
     ) -> None:
         self.required = required
         self.available = available
-        difference = CONTEXT.subtract(required, available)
-        self.shortfall = tidy(difference) if difference > 0 else _ZERO
+        if available is None:
+            self.shortfall: Decimal | None = None
+        else:
+            difference = CONTEXT.subtract(required, available)
+            self.shortfall = tidy(difference) if difference > 0 else _ZERO
         self.unit = unit
         self.provider = provider
         self.reason = reason
         self.affordable = affordable
-        message = (
-            f"{provider}: need {format_amount(required, unit)}, "
-            f"{format_amount(available, unit, bare=True)} available, "
-            f"short by {format_amount(self.shortfall, unit, bare=True)}"
-        )
+        if available is None or self.shortfall is None:
+            message = f"{provider}: need {format_amount(required, unit)}, available unknown"
+        else:
+            message = (
+                f"{provider}: need {format_amount(required, unit)}, "
+                f"{format_amount(available, unit, bare=True)} available, "
+                f"short by {format_amount(self.shortfall, unit, bare=True)}"
+            )
         if reason:
             message = f"{message} ({reason})"
         if affordable is not None:

@@ -6,10 +6,11 @@ from decimal import Decimal
 
 import requests
 
+from ._answer import money, text
 from ._check import Check
 from ._errors import ProviderError
-from ._http import DEFAULT_RETRIES
-from ._money import Amount, parse_number, to_amount
+from ._http import DEFAULT_RETRIES, conceal
+from ._money import Amount, to_amount
 from ._provider import HTTPProvider
 
 _SUCCESS_ERRORS = (None, "", "OK")
@@ -21,12 +22,14 @@ class Hyper3D(HTTPProvider):
     Args:
         api_key: The key; defaults to ``HYPER3D_API_KEY``, then ``RODIN_API_KEY``.
         base_url: Defaults to ``SPENDGUARD_HYPER3D_URL``, else ``https://api.hyper3d.com``.
-        timeout: Seconds for each HTTP request (connect and read, each attempt).
+        timeout: Seconds for each attempt in all: connect, status line, headers and body
+            (a timer cuts an answer that takes longer, however it trickles in).
         session: A ``requests.Session`` to use as is; by default one with retries for
             lookups is created.
         retries: Retries after a connection error, timeout, 429 or 5xx, with exponential
-            backoff and jitter, honouring ``Retry-After`` up to 10 s. A lookup therefore
-            takes at most about ``timeout × (retries + 1)`` plus the backoff.
+            backoff and jitter, honouring ``Retry-After``; no wait is longer than ``timeout``
+            (nor 10 s). A lookup therefore ends within ``timeout × (2 × retries + 1)``
+            seconds.
 
     Raises:
         ConfigurationError: No key, or an unsafe base URL.
@@ -47,9 +50,10 @@ class Hyper3D(HTTPProvider):
         session: requests.Session | None = None,
         retries: int = DEFAULT_RETRIES,
     ) -> None:
-        super().__init__(
-            api_key, base_url=base_url, timeout=timeout, session=session, retries=retries
-        )
+        # Only the masked key stays in this frame's locals, for any traceback.
+        key = conceal(api_key)
+        del api_key
+        super().__init__(key, base_url=base_url, timeout=timeout, session=session, retries=retries)
 
     def fetch_balance(self) -> Decimal:
         """``GET /api/v2/check_balance``: the balance in credits, exactly (``12.5`` stays 12.5).
@@ -66,16 +70,13 @@ class Hyper3D(HTTPProvider):
         error = body.get("error")
         if error not in _SUCCESS_ERRORS:
             message = body.get("message")
-            detail = f": {str(message)[:200]}" if message else ""
+            detail = f": {text(message, None)}" if message else ""
             raise ProviderError(
-                f"error {str(error)[:60]!r}{detail}",
+                f"error {text(error, None, 60)!r}{detail}",
                 provider=self.name,
-                code=error if isinstance(error, str) else None,
+                code=text(error, None, 60) if isinstance(error, str) else None,
             )
-        try:
-            return parse_number(body.get("balance"))
-        except ValueError as exc:
-            raise ProviderError(f"malformed balance: {exc}", provider=self.name) from None
+        return money(body.get("balance"), field="balance", provider=self.name)
 
     def check(self, amount: Amount) -> Check:
         """Compare ``amount`` credits with a fresh balance (Hyper3D has no check endpoint)."""

@@ -32,6 +32,7 @@ CONTEXT = decimal.Context(
 ATOM_PLACES = 18
 ATOM = 10**ATOM_PLACES
 
+
 #: Larger magnitudes are not balances but garbage (or an attempt to overflow arithmetic).
 MAX_MAGNITUDE = Decimal(10) ** 15
 
@@ -45,6 +46,11 @@ MIN_MAGNITUDE = Decimal(10) ** -18
 _DIGITS = re.compile(r"(?P<int>\d{1,3}(?:,\d{3})+|\d+)(?P<frac>\.\d+)?")
 
 _ZERO = Decimal(0)
+# More digits than any plausible amount has (MAX_MAGNITUDE has 16): a cheap bound checked
+# before text becomes a number, so a megabyte of digits is never converted.
+_MAX_DIGITS = 40
+_MAX_EXPONENT = 100
+_MAX_TEXT = 64
 _INT_MAX = int(MAX_MAGNITUDE)
 _CACHE_SIZE = 256
 # Amounts recur (cost=2, cost="0.5"): converting each once keeps the hot path cheap.
@@ -150,6 +156,11 @@ def parse_dollars(text: str) -> Decimal:
     Raises:
         ValueError: ``text`` is not a dollar amount.
     """
+    with decimal.localcontext(CONTEXT):
+        return _parse_dollars(text)
+
+
+def _parse_dollars(text: str) -> Decimal:
     rest = text.strip()
     negative = rest.startswith("-")
     if negative:
@@ -158,15 +169,56 @@ def parse_dollars(text: str) -> Decimal:
         rest = rest[1:].lstrip()
         if rest.startswith("-") and not negative:
             negative, rest = True, rest[1:]
+    if len(rest) > _MAX_TEXT:
+        raise ValueError(f"not a dollar amount (too long): {_shorten(text)}")
     match = _DIGITS.fullmatch(rest)
     if match is None:
         raise ValueError(f"not a dollar amount: {_shorten(text)}")
-    value = Decimal(match["int"].replace(",", "") + (match["frac"] or ""))
+    whole = match["int"].replace(",", "").lstrip("0")
+    if len(whole) > _MAX_DIGITS:
+        raise ValueError(f"implausibly large amount: {_shorten(text)}")
+    value = Decimal((whole or "0") + (match["frac"] or ""))
     if value > MAX_MAGNITUDE:
         raise ValueError(f"implausibly large amount: {_shorten(text)}")
     if value and value < MIN_MAGNITUDE:
         raise ValueError(f"implausibly small amount: {_shorten(text)}")
     return value.copy_negate() if negative and value else value
+
+
+class UnusableNumber(str):
+    """A JSON number no balance can be: too many digits or an exponent out of range.
+
+    :func:`parse_json_float` and :func:`parse_json_int` return it instead of raising, so
+    that one absurd number makes its field malformed, not the whole answer unreadable;
+    :func:`parse_number` refuses it with a ValueError.
+    """
+
+    __slots__ = ()
+
+
+def parse_json_float(text: str) -> Decimal | UnusableNumber:
+    """``parse_float`` for ``json.loads``: the exact ``Decimal``, or an :class:`UnusableNumber`.
+
+    Works in :data:`CONTEXT`, never in the caller's context; ``1e999999999`` and
+    ``1e99999999999999999999`` are returned as unusable, not raised.
+    """
+    if len(text) > _MAX_TEXT:
+        return UnusableNumber(text)
+    with decimal.localcontext(CONTEXT):
+        try:
+            value = Decimal(text)
+        except ArithmeticError:
+            return UnusableNumber(text)
+    if not value.is_finite() or abs(value.adjusted()) > _MAX_EXPONENT:
+        return UnusableNumber(text)
+    return value
+
+
+def parse_json_int(text: str) -> int | UnusableNumber:
+    """``parse_int`` for ``json.loads``: the ``int``, or an :class:`UnusableNumber` when it has
+    more digits than any balance (Python refuses to convert very long ones at all)."""
+    digits = text.lstrip("-").lstrip("0")
+    return UnusableNumber(text) if len(digits) > _MAX_DIGITS else int(text)
 
 
 def parse_number(value: object) -> Decimal:
@@ -175,6 +227,13 @@ def parse_number(value: object) -> Decimal:
     Raises:
         ValueError: ``value`` is not a finite number of plausible size.
     """
+    with decimal.localcontext(CONTEXT):
+        return _parse_number(value)
+
+
+def _parse_number(value: object) -> Decimal:
+    if isinstance(value, UnusableNumber):
+        raise ValueError(f"implausible number: {_shorten(str(value))}")
     if isinstance(value, bool) or not isinstance(value, int | Decimal):
         raise ValueError(f"expected a number, got {_describe(value)}")
     result = Decimal(value)

@@ -5,16 +5,17 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from decimal import Decimal
+from decimal import ROUND_DOWN, ROUND_FLOOR, ROUND_HALF_EVEN, ROUND_HALF_UP, Decimal
 from typing import Any
 
 import requests
 from cachetools import TTLCache
 
+from ._answer import kind, money, text
 from ._check import Check
 from ._errors import AuthenticationError, BalanceUnavailable, ConfigurationError, ProviderError
-from ._http import DEFAULT_RETRIES
-from ._money import Amount, ceil_int, parse_dollars, parse_number, to_amount
+from ._http import DEFAULT_RETRIES, conceal
+from ._money import CONTEXT, Amount, ceil_int, to_amount
 from ._provider import HTTPProvider
 from .pricing import parse_orthogonal_price
 
@@ -24,7 +25,9 @@ SCALES = (100, 100_000)
 ASSUMED_SCALE = 100_000
 """Used until the scale is known: it over-asks, which is safe; the other way overspends."""
 
-_SCALE_TOLERANCE = Decimal("0.01")
+# How a dollar balance may have been rounded from the exact one: to nearest, or down.
+_DISPLAY_ROUNDINGS = (ROUND_HALF_EVEN, ROUND_HALF_UP, ROUND_DOWN, ROUND_FLOOR)
+_FINEST_DISPLAY = -20
 _TRANSIENT_CODES = frozenset({"RATE_LIMITED", "UPSTREAM_ERROR"})
 _PRICE_CACHE_SIZE = 1024
 _NOT_CACHED: Any = object()
@@ -36,20 +39,26 @@ class Orthogonal(HTTPProvider):
     Args:
         api_key: The key; defaults to ``ORTHOGONAL_API_KEY``.
         base_url: Defaults to ``SPENDGUARD_ORTHOGONAL_URL``, else ``https://api.orthogonal.com``.
-        timeout: Seconds for each HTTP request (connect and read, each attempt).
+        timeout: Seconds for each attempt in all: connect, status line, headers and body
+            (a timer cuts an answer that takes longer, however it trickles in).
         session: A ``requests.Session`` to use as is (yours keeps its own retry policy);
             by default one with retries for lookups is created.
         retries: Retries after a connection error, timeout, 429 or 5xx, with exponential
-            backoff and jitter, honouring ``Retry-After`` up to 10 s. A lookup therefore
-            takes at most about ``timeout × (retries + 1)`` plus the backoff.
-        units_per_dollar: The scale of the API's ``*Cents`` fields. ``None`` learns it on
-            first use by comparing ``balanceCents`` with the dollar balance (100 or 100,000)
-            and assumes 100,000 until it knows.
+            backoff and jitter, honouring ``Retry-After``; no wait is longer than ``timeout``
+            (nor 10 s). A lookup therefore ends within ``timeout × (2 × retries + 1)``
+            seconds.
+        units_per_dollar: The scale of the API's ``*Cents`` fields: 100 or 100000 (the
+            two the documentation shows). ``None`` learns it on first use by finding which
+            of the two turns ``balanceCents`` into the dollar balance as served (rounded to
+            its decimals), and assumes 100,000 until it knows. A pinned scale is checked
+            once against the dollar balance too. Providers with different settings never
+            share a balance snapshot (see :attr:`account_id`).
         price_ttl: Seconds an endpoint's price from :meth:`price` is trusted (one hour).
         clock: Monotonic seconds for the price cache; ``time.monotonic`` by default.
 
     Raises:
-        ConfigurationError: No key, or an unsafe base URL.
+        ConfigurationError: No key, an unsafe base URL, or ``units_per_dollar`` other
+            than ``None``, 100 or 100000.
     """
 
     name = "orthogonal"
@@ -70,9 +79,16 @@ class Orthogonal(HTTPProvider):
         clock: Callable[[], float] | None = None,
         retries: int = DEFAULT_RETRIES,
     ) -> None:
-        super().__init__(
-            api_key, base_url=base_url, timeout=timeout, session=session, retries=retries
-        )
+        # Only the masked key stays in this frame's locals, for any traceback.
+        key = conceal(api_key)
+        del api_key
+        if units_per_dollar is not None and (
+            type(units_per_dollar) is not int or units_per_dollar not in SCALES
+        ):
+            raise ConfigurationError(
+                f"units_per_dollar must be None (learn it), 100 or 100000, got {units_per_dollar!r}"
+            )
+        super().__init__(key, base_url=base_url, timeout=timeout, session=session, retries=retries)
         if isinstance(price_ttl, bool) or not isinstance(price_ttl, int | float) or price_ttl < 0:
             raise ConfigurationError(
                 f"price_ttl must be a non-negative number of seconds, got {price_ttl!r}"
@@ -82,15 +98,17 @@ class Orthogonal(HTTPProvider):
         )
         self._prices_lock = threading.Lock()
         self._price_lookup_lock = threading.Lock()
-        if units_per_dollar is not None and (
-            isinstance(units_per_dollar, bool)
-            or not isinstance(units_per_dollar, int)
-            or units_per_dollar <= 0
-        ):
-            raise ConfigurationError(
-                f"units_per_dollar must be a positive int (100 or 100000), got {units_per_dollar!r}"
-            )
-        self._scale: int | None = units_per_dollar
+        self._scale: int | None = None if units_per_dollar is None else int(units_per_dollar)
+        self._pinned = units_per_dollar is not None
+        self._pin_checked = False
+        self._account_id = f"{self._account_id}:{self._scale or 'learned'}"
+
+    @property
+    def account_id(self) -> str:
+        """``orthogonal:base_url:sha256(key)[:16]:scale``, where the scale is the pinned
+        ``units_per_dollar`` or ``learned``: identifies the account without the key, and
+        keeps providers that read ``*Cents`` differently from sharing a snapshot."""
+        return self._account_id
 
     @property
     def units_per_dollar(self) -> int | None:
@@ -104,31 +122,30 @@ class Orthogonal(HTTPProvider):
             ProviderError: The answer is not a balance (and its subclasses, see the tree).
         """
         body = self._call("GET", "/v1/credits/balance")
-        value = body.get("balance")
-        try:
-            if isinstance(value, str):
-                return parse_dollars(value)
-            return parse_number(value)
-        except ValueError as exc:
-            raise ProviderError(f"malformed balance: {exc}", provider=self.name) from None
+        return money(body.get("balance"), field="balance", provider=self.name, dollars=True)
 
     def check(self, amount: Amount) -> Check:
         """``POST /v1/credits/check``: does the account cover ``amount`` dollars?
 
         ``amountCents`` is rounded up, and until the scale is known it is asked at
         100,000 units per dollar. ``available`` is ``balanceCents`` in dollars, which is
-        more precise than the balance string.
+        more precise than the balance string. While the scale is unknown, the first
+        checks also fetch the dollar balance to learn it; when that lookup fails, an
+        approval at the assumed scale (which over-asks) still stands.
+
+        Raises:
+            ConfigurationError: The pinned ``units_per_dollar`` contradicts the dollar
+                balance (the other scale fits it).
+            ProviderError: The answer is unusable (and its subclasses, see the tree).
         """
         required = to_amount(amount)
-        learning = self._scale is None
         scale = self._scale or ASSUMED_SCALE
-        sufficient, balance_cents = self._check_cents(ceil_int(required * scale))
-        if learning:
-            learned = self._learn_scale(balance_cents)
-            if learned is not None and learned != scale:
-                scale = learned
-                sufficient = sufficient or balance_cents >= ceil_int(required * scale)
-        available = Decimal(balance_cents) / scale
+        sufficient, balance_cents = self._check_cents(ceil_int(CONTEXT.multiply(required, scale)))
+        if self._scale is None:
+            scale, sufficient = self._learn_scale(required, sufficient, balance_cents)
+        elif self._pinned and not self._pin_checked:
+            self._check_pin(balance_cents)
+        available = CONTEXT.divide(Decimal(balance_cents), scale)
         result = Check.of(required, available, self.unit, "remote")
         if result.sufficient and not sufficient:
             return Check(False, required, available, Decimal(0), self.unit, "remote")
@@ -168,7 +185,7 @@ class Orthogonal(HTTPProvider):
             endpoint = body.get("endpoint")
             if not isinstance(endpoint, dict):
                 raise ProviderError(
-                    f"malformed details answer: 'endpoint' is {_kind(endpoint)}, not an object",
+                    f"malformed details answer: 'endpoint' is {kind(endpoint)}, not an object",
                     provider=self.name,
                 )
             price = parse_orthogonal_price(endpoint.get("price"))
@@ -181,45 +198,78 @@ class Orthogonal(HTTPProvider):
         sufficient = body.get("sufficient")
         if not isinstance(sufficient, bool):
             raise ProviderError(
-                f"malformed check answer: 'sufficient' is {_kind(sufficient)}, not a boolean",
+                f"malformed check answer: 'sufficient' is {kind(sufficient)}, not a boolean",
                 provider=self.name,
             )
-        try:
-            balance_cents = parse_number(body.get("balanceCents"))
-        except ValueError as exc:
-            raise ProviderError(
-                f"malformed check answer: balanceCents: {exc}", provider=self.name
-            ) from None
-        if balance_cents != balance_cents.to_integral_value():
+        balance_cents = money(
+            body.get("balanceCents"), field="check answer: balanceCents", provider=self.name
+        )
+        if balance_cents != balance_cents.to_integral_value(context=CONTEXT):
             raise ProviderError(
                 f"malformed check answer: balanceCents {balance_cents} is not whole",
                 provider=self.name,
             )
         return sufficient, int(balance_cents)
 
-    def _learn_scale(self, balance_cents: int) -> int | None:
-        """Pick the scale under which ``balanceCents`` matches the dollar balance."""
-        dollars = self.fetch_balance()
-        fits = [
-            scale
-            for scale in SCALES
-            if abs(Decimal(balance_cents) / scale - dollars) <= _SCALE_TOLERANCE
-        ]
+    def _learn_scale(
+        self, required: Decimal, sufficient: bool, balance_cents: int
+    ) -> tuple[int, bool]:
+        """The scale to read ``balanceCents`` with, and the verdict at that scale.
+
+        Learns the scale when exactly one fits the dollar balance. Otherwise (a lookup
+        that fails, an ambiguous or contradictory reading) it keeps the assumed scale and
+        the endpoint's verdict at it: that verdict over-asks, so an approval is sound.
+        When the lookup is unavailable, an approval stands and a refusal becomes the
+        lookup's error (it may be wrong at the real scale).
+        """
+        try:
+            dollars = self.fetch_balance()
+        except BalanceUnavailable:
+            if sufficient:
+                return ASSUMED_SCALE, True
+            raise
+        fits = [scale for scale in SCALES if _fits(balance_cents, scale, dollars)]
         if len(fits) != 1:
-            return None
+            return ASSUMED_SCALE, sufficient
+        learned = fits[0]
         with self._lock:
-            self._scale = fits[0]
-        return fits[0]
+            self._scale = learned
+        if learned == ASSUMED_SCALE:
+            return learned, sufficient
+        # The endpoint judged an over-asked amount; at the real scale the numbers decide.
+        needed = ceil_int(CONTEXT.multiply(required, learned))
+        return learned, sufficient or balance_cents >= needed
+
+    def _check_pin(self, balance_cents: int) -> None:
+        """Compare the pinned scale with the dollar balance once; a lookup that fails or a
+        reading that fits neither scale (the balance moved between the two requests) is
+        tried again on the next check."""
+        try:
+            dollars = self.fetch_balance()
+        except ProviderError:
+            return
+        scale = self._scale
+        assert scale is not None
+        if _fits(balance_cents, scale, dollars):
+            self._pin_checked = True
+            return
+        other = [s for s in SCALES if s != scale and _fits(balance_cents, s, dollars)]
+        if other:
+            raise ConfigurationError(
+                f"orthogonal: units_per_dollar={scale} is pinned, but balanceCents "
+                f"{balance_cents} matches the balance of ${dollars} only at {other[0]} units "
+                "per dollar; pin that, or pass None to learn it"
+            )
 
     def _call(self, method: str, path: str, payload: dict[str, Any] | None = None) -> Any:
         body = self._request(method, path, payload)
         if not isinstance(body, dict):
             raise ProviderError(
-                f"malformed answer from {path}: expected a JSON object, got {_kind(body)}",
+                f"malformed answer from {path}: expected a JSON object, got {kind(body)}",
                 provider=self.name,
             )
         if body.get("success") is False:
-            message = str(body.get("error") or "request failed")[:200]
+            message = text(body.get("error") or "request failed", None)
             code = body.get("code") if isinstance(body.get("code"), str) else None
             error = (
                 AuthenticationError
@@ -232,15 +282,17 @@ class Orthogonal(HTTPProvider):
         return body
 
 
-def _kind(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, dict):
-        return "an object"
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, str):
-        return "a string"
-    return "a number"
+def _fits(balance_cents: int, scale: int, dollars: Decimal) -> bool:
+    """Whether ``balance_cents`` at ``scale`` is ``dollars`` once rounded (to nearest or
+    down) to the decimals ``dollars`` is served with."""
+    served = dollars.as_tuple().exponent
+    exponent = max(min(served, 0), _FINEST_DISPLAY) if isinstance(served, int) else 0
+    step = Decimal(1).scaleb(exponent)
+    exact = CONTEXT.divide(Decimal(balance_cents), scale)
+    try:
+        return any(
+            exact.quantize(step, rounding=rounding, context=CONTEXT) == dollars
+            for rounding in _DISPLAY_ROUNDINGS
+        )
+    except ArithmeticError:
+        return False

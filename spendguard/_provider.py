@@ -11,12 +11,12 @@ from urllib.parse import urlsplit
 
 import requests
 
+from ._answer import Secret, redact, scrub_http_logs
 from ._check import Check
 from ._errors import ConfigurationError
 from ._http import (
     DEFAULT_RETRIES,
     build_session,
-    redact,
     request_json,
     resolve_base_url,
     resolve_key,
@@ -103,7 +103,7 @@ class HTTPProvider:
 
     def __init__(
         self,
-        api_key: str | None = None,
+        api_key: str | Secret | None = None,
         *,
         base_url: str | None = None,
         timeout: float = 10.0,
@@ -115,13 +115,15 @@ class HTTPProvider:
         if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries <= 10:
             raise ConfigurationError(f"retries must be an int from 0 to 10, got {retries!r}")
         self._key = resolve_key(api_key, self._key_vars, self.name)
+        del api_key
+        scrub_http_logs()
         self.base_url = resolve_base_url(base_url, self._url_var, self._default_url, self.name)
         self.timeout = float(timeout)
         self._owns_session = session is None
         self.retries = retries
-        self._session = build_session(retries) if session is None else session
+        self._session = build_session(retries, self.timeout) if session is None else session
         self._lock = threading.Lock()
-        digest = hashlib.sha256(self._key.encode()).hexdigest()[:16]
+        digest = hashlib.sha256(self._key.reveal().encode()).hexdigest()[:16]
         self._account_id = f"{self.name}:{account_url(self.base_url)}:{digest}"
 
     @property
@@ -142,7 +144,7 @@ class HTTPProvider:
 
     def __repr__(self) -> str:
         return (
-            f"{type(self).__name__}(api_key={redact(self._key)!r}, "
+            f"{type(self).__name__}(api_key={redact(self._key.reveal())!r}, "
             f"base_url={self.base_url!r}, timeout={self.timeout!r})"
         )
 

@@ -10,21 +10,23 @@ from email.message import Message
 from email.utils import collapse_rfc2231_value
 from fnmatch import fnmatchcase
 from typing import Any, TypeAlias
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import requests
+import urllib3
 from requests.adapters import DEFAULT_POOLBLOCK, DEFAULT_POOLSIZE, HTTPAdapter
 from urllib3.exceptions import ClosedPoolError, ConnectTimeoutError, MaxRetryError
 from urllib3.util import Retry
 
-from ._errors import ConfigurationError, InsufficientCredits, ProviderError
+from ._answer import MaskedHeader, Secret, decode, describe_error, scrub_http_logs
+from ._errors import ConfigurationError, InsufficientCredits, SpendGuardError
 from ._guard import SpendGuard
 from ._hold import Hold
-from ._http import _decode, _describe_error
+from ._http import scrub_error
 from ._hyper3d import Hyper3D
 from ._money import Amount, format_amount, to_amount
 from ._orthogonal import Orthogonal
-from .pricing import RODIN_PRICES, RodinPrices, parse_orthogonal_price
+from .pricing import RODIN_PRICES, RodinPrices, UnknownPrice, parse_orthogonal_price
 
 log = logging.getLogger("spendguard")
 
@@ -39,6 +41,7 @@ _GLOB_CHARS = frozenset("*?[")
 _ERROR_BODY_LIMIT = 64 * 1024
 _RODIN_ROUTE = "/api/v2/rodin"
 _RUN_ROUTE = "/v1/run"
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 # What sending a request holds, and whether its answer's ``price`` says what was charged.
 _Quote = tuple[Decimal, bool]
@@ -55,13 +58,18 @@ class GuardedAdapter(HTTPAdapter):
 
     1. ``prices``: keys are ``"METHOD pattern"``. ``METHOD`` is an HTTP method or ``*``.
        A pattern starting with ``/`` is matched against the URL's path, one containing
-       ``://`` against the whole URL without its query (``https://host/path``). Patterns
+       ``://`` against the whole URL without its query (``https://host/path``).
+       Paths are normalised before matching: percent-escapes decoded, ``;params``,
+       empty and ``.`` segments dropped, ``..`` resolved, no trailing ``/``; scheme and
+       host lower-cased and default ports dropped. Patterns
        are :func:`fnmatch.fnmatchcase` globs (``*`` also crosses ``/``); a pattern without
        ``*``, ``?`` or ``[`` is an exact match and wins over globs, which are tried in
        the mapping's order. Values are an amount, a callable of the
        ``PreparedRequest`` returning an amount or ``None``, or ``None``: free.
     2. Built-ins, on any host (so a legacy host or a proxy is covered too), under the
-       provider's base path: for a :class:`~spendguard.Hyper3D` guard,
+       provider's base path, matched on the normalised path in any letter case (so
+       ``//api/v2/rodin/``, ``/api/v2/rodin;v=2`` and ``/api/v2/%72odin`` are priced):
+       for a :class:`~spendguard.Hyper3D` guard,
        ``POST /api/v2/rodin`` costs :func:`~spendguard.pricing.rodin_cost` of the body's
        ``tier`` and ``addons`` fields (multipart, urlencoded or JSON; addons repeated,
        comma-separated or a JSON-array string). For an :class:`~spendguard.Orthogonal`
@@ -74,10 +82,12 @@ class GuardedAdapter(HTTPAdapter):
     - is refused with :class:`~spendguard.InsufficientCredits` before a connection is
       opened when the guard says the account cannot pay;
     - on a 2xx, settles at its cost (an Orthogonal ``/v1/run`` at the ``price`` its answer
-      reports, unless ``stream=True``);
+      reports, unless ``stream=True``; when that price cannot be read, at the cost held)
+      and always returns the response;
     - on a 402, gives the hold back, drops the guard's cached balance and raises
       :class:`~spendguard.InsufficientCredits` whose reason quotes the provider (for
-      Orthogonal: insufficient credit, the key's or the account's daily limit);
+      Orthogonal: insufficient credit, the key's or the account's daily limit) and whose
+      ``available`` is a fresh lookup's (``None`` when that lookup fails);
     - on any other status, gives the hold back and returns the response as usual;
     - when the connection could not be opened (connect timeout, refused, DNS), gives the
       hold back and re-raises; when it failed after the request may have left (read
@@ -98,6 +108,9 @@ class GuardedAdapter(HTTPAdapter):
         pool_connections: As for ``HTTPAdapter``.
         pool_maxsize: As for ``HTTPAdapter``.
         pool_block: As for ``HTTPAdapter``.
+
+    The ``Authorization`` header of every request it sends is replaced by an equal string
+    whose ``repr`` shows four characters of the key at most, for the frames below.
 
     Raises:
         ConfigurationError: A price key or amount is malformed.
@@ -128,6 +141,7 @@ class GuardedAdapter(HTTPAdapter):
         self._keys = tuple(prices or ())
         self._exact, self._globs = _routes(prices or {})
         self._builtin = _builtin_route(guard)
+        scrub_http_logs()
         super().__init__(
             pool_connections=pool_connections,
             pool_maxsize=pool_maxsize,
@@ -162,7 +176,7 @@ class GuardedAdapter(HTTPAdapter):
         """What sending ``request`` would hold, or ``None`` when it is free.
 
         Raises:
-            ConfigurationError: The request is billable but cannot be priced (an unknown
+            UnknownPrice: The request is billable but cannot be priced (an unknown
                 Rodin tier, a dynamic price without ``max_cost``, an unreadable body).
             ProviderError: Orthogonal's price could not be looked up.
         """
@@ -183,34 +197,56 @@ class GuardedAdapter(HTTPAdapter):
         Raises:
             InsufficientCredits: The guard refused (nothing was sent), or the provider
                 answered 402.
-            ConfigurationError: A billable request that cannot be priced (nothing was sent).
+            UnknownPrice: A billable request that cannot be priced (nothing was sent).
             requests.RequestException: As ``HTTPAdapter.send``, after the hold is ended.
         """
+        _mask_authorization(request)
+        # Registered while the request is in flight: log records of the HTTP stack that
+        # quote this key (an echoed status line) are scrubbed.
+        key = _bearer_key(request)  # noqa: F841
         quote = self._quote(request)
         if quote is None:
             return super().send(request, stream, timeout, verify, cert, proxies)
         cost, priced_by_answer = quote
-        refusal: InsufficientCredits | None = None
+        refused: str | None = None
+        unread: Exception | None = None
         with self._guard.spend(cost) as hold:
             try:
                 response = super().send(request, stream, timeout, verify, cert, proxies)
-            except requests.RequestException as exc:
+            except BaseException as exc:
                 self._end_after_failure(hold, request, exc)
-                raise
+                failure = _scrubbed(exc, request)
+                if failure is exc:
+                    raise
+                raise failure from None
             status = response.status_code
             if 200 <= status < 300:
-                hold.settle(
-                    self._charged(response, cost) if priced_by_answer and not stream else cost
-                )
+                charged = cost
+                if priced_by_answer and not stream:
+                    charged, unread = self._charged(response, cost)
+                hold.settle(charged)
             elif status == 402:
                 hold.release()
-                self._guard.invalidate()
-                refusal = self._payment_refusal(request, response, cost)
+                refused = self._payment_message(request, response)
             else:
                 hold.release()
-        if refusal is not None:
+        if refused is not None:
+            refusal = self._payment_refusal(cost, refused)
             log.warning("%s; the cached balance is dropped", refusal)
             raise refusal
+        if unread is not None:
+            raise _scrubbed(unread, request) from None
+        if not stream:
+            # Read here, not in requests' Session.send, so that a broken body's error is
+            # scrubbed of the key like every other.
+            try:
+                _ = response.content
+            except Exception as exc:
+                response.close()
+                failure = _scrubbed(exc, request)
+                if failure is exc:
+                    raise
+                raise failure from None
         return response
 
     def __repr__(self) -> str:
@@ -225,8 +261,8 @@ class GuardedAdapter(HTTPAdapter):
     def _quote(self, request: requests.PreparedRequest) -> _Quote | None:
         method = (request.method or "GET").upper()
         parts = urlsplit(request.url or "")
-        path = parts.path or "/"
-        url = f"{parts.scheme}://{parts.netloc}{path}"
+        path = _normal_path(parts.path)
+        url = _normal_url(parts.scheme, parts.netloc, path)
         found, price = self._route_price(method, path, url)
         if found:
             if callable(price):
@@ -234,7 +270,7 @@ class GuardedAdapter(HTTPAdapter):
             return (
                 None if price is None else (_amount(price, f"the price of {method} {path}"), False)
             )
-        if self._builtin is None or method != "POST" or path != self._builtin[1]:
+        if self._builtin is None or method != "POST" or path.lower() != self._builtin[1]:
             return None
         if self._builtin[0] == _RODIN_ROUTE:
             return self._rodin_cost(request), False
@@ -264,36 +300,52 @@ class GuardedAdapter(HTTPAdapter):
         payload = _json_body(request, "POST /v1/run")
         api, path = payload.get("api"), payload.get("path")
         if not isinstance(api, str) or not isinstance(path, str) or not api or not path:
-            raise ConfigurationError(
-                "cannot price POST /v1/run: its JSON body needs 'api' and 'path' strings"
+            raise UnknownPrice(
+                kind="request",
+                name="POST /v1/run",
+                reason="its JSON body needs 'api' and 'path' strings",
             )
         price = provider.price(api, path)
         if price is not None:
             return price
         if self._max_cost is None:
-            raise ConfigurationError(
-                f"orthogonal: {api} {path} has a dynamic price, known only after the call, "
-                "so the guard cannot tell whether the account can pay for it; pass "
-                "max_cost= to hold an upper bound for such calls"
+            raise UnknownPrice(
+                kind="request",
+                name="POST /v1/run",
+                reason=(
+                    f"orthogonal: {api} {path} has a dynamic price, known only after the "
+                    "call, so the guard cannot tell whether the account can pay for it; "
+                    "pass max_cost= to hold an upper bound for such calls"
+                ),
             )
         return self._max_cost
 
     # -- outcomes ----------------------------------------------------------------------
 
-    def _charged(self, response: requests.Response, cost: Decimal) -> Decimal:
-        """What an Orthogonal ``/v1/run`` answer says was charged, else ``cost``."""
-        body = _decode(response.content)
-        if isinstance(body, dict):
-            try:
-                price = parse_orthogonal_price(body.get("price"))
-            except ProviderError:
-                price = None
-            if price is not None:
-                return price
-        return cost
+    def _charged(
+        self, response: requests.Response, cost: Decimal
+    ) -> tuple[Decimal, Exception | None]:
+        """What an Orthogonal ``/v1/run`` answer says was charged, else ``cost``; and the
+        error that broke off its body, if one did (raised once the hold is settled, as
+        ``requests`` would raise it reading the body).
+
+        An answer that arrived but says nothing usable (no price, ``1e999999999``, HTML)
+        settles at ``cost``: the request was sent and paid for, so the caller gets it.
+        """
+        try:
+            content = response.content
+        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
+            response.close()
+            return cost, exc
+        try:
+            body = decode(content)
+            price = parse_orthogonal_price(body.get("price")) if isinstance(body, dict) else None
+        except SpendGuardError:
+            price = None
+        return (cost if price is None else price), None
 
     def _end_after_failure(
-        self, hold: Hold, request: requests.PreparedRequest, exc: requests.RequestException
+        self, hold: Hold, request: requests.PreparedRequest, exc: BaseException
     ) -> None:
         if _never_sent(exc):
             hold.release()
@@ -309,23 +361,39 @@ class GuardedAdapter(HTTPAdapter):
             format_amount(hold.amount, self._guard.unit),
         )
 
-    def _payment_refusal(
-        self, request: requests.PreparedRequest, response: requests.Response, cost: Decimal
-    ) -> InsufficientCredits:
+    def _payment_message(
+        self, request: requests.PreparedRequest, response: requests.Response
+    ) -> str:
+        """The provider's words on a 402, scrubbed of the key, then cut."""
         raw = b""
         try:
             for chunk in response.iter_content(8192):
                 raw += chunk
                 if len(raw) >= _ERROR_BODY_LIMIT:
                     break
-        except requests.RequestException:
+        except Exception:
             pass
         finally:
             response.close()
-        message, _ = _describe_error(_decode(raw), raw, _bearer_key(request))
+        key = _bearer_key(request)
+        if key is not None:
+            raw = key.scrub_bytes(raw)
+        body = decode(raw)
+        message, _ = describe_error(body if key is None else key.scrub_json(body), raw, key)
+        return message
+
+    def _payment_refusal(self, cost: Decimal, message: str) -> InsufficientCredits:
+        """A 402 as InsufficientCredits, with what the account really has now (one fresh
+        lookup), or ``available=None`` when that cannot be had."""
+        self._guard.invalidate()
+        available: Decimal | None
+        try:
+            available = self._guard.available()
+        except SpendGuardError:
+            available = None
         return InsufficientCredits(
             required=cost,
-            available=Decimal(0),
+            available=available,
             unit=self._guard.unit,
             provider=self._guard.provider.name,
             reason=f"{_cause_of_402(message)}; the provider answered HTTP 402: {message}",
@@ -424,10 +492,64 @@ def _builtin_route(guard: SpendGuard) -> tuple[str, str] | None:
         route = _RUN_ROUTE
     else:
         return None
-    return route, urlsplit(provider.base_url).path.rstrip("/") + route
+    return route, _normal_path(urlsplit(provider.base_url).path + route).lower()
 
 
-def _never_sent(exc: requests.RequestException) -> bool:
+def _normal_path(path: str) -> str:
+    """``path`` as a server may read it: escapes decoded, ``;params``, empty and ``.``
+    segments dropped, ``..`` resolved, no trailing slash. Decoding more than a server
+    would only prices more requests, never fewer."""
+    for _ in range(3):
+        decoded = unquote(path)
+        if decoded == path:
+            break
+        path = decoded
+    segments: list[str] = []
+    for segment in path.split("/"):
+        name = segment.partition(";")[0]
+        if name in ("", "."):
+            continue
+        if name == "..":
+            if segments:
+                segments.pop()
+            continue
+        segments.append(name)
+    return "/" + "/".join(segments)
+
+
+def _normal_url(scheme: str, netloc: str, path: str) -> str:
+    """``scheme://host[:port]path`` with scheme and host lower-cased, no default port."""
+    parts = urlsplit(f"{scheme}://{netloc}")
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    scheme = scheme.lower()
+    suffix = "" if port is None or port == _DEFAULT_PORTS.get(scheme) else f":{port}"
+    return f"{scheme}://{host}{suffix}{path}"
+
+
+def _scrubbed(exc: BaseException, request: requests.PreparedRequest) -> BaseException:
+    """``exc`` with its frames' locals cleared; a ``requests`` error whose text holds part
+    of the request's key is replaced by one of the same type with that text scrubbed."""
+    key = _bearer_key(request)
+    clean = scrub_error(exc, key)
+    if clean is exc or key is None or not isinstance(exc, requests.RequestException):
+        return exc
+    copy = type(exc)(key.scrub(str(exc), 2000), request=exc.request, response=exc.response)
+    return copy.with_traceback(exc.__traceback__)
+
+
+def _mask_authorization(request: requests.PreparedRequest) -> None:
+    value = request.headers.get("Authorization")
+    if isinstance(value, str) and not isinstance(value, MaskedHeader):
+        request.headers["Authorization"] = MaskedHeader(value)
+
+
+def _never_sent(exc: BaseException) -> bool:
     """Whether the request surely never left: no connection could be opened."""
     if isinstance(exc, requests.ConnectTimeout | requests.exceptions.InvalidURL):
         return True
@@ -450,10 +572,10 @@ def _cause_of_402(message: str) -> str:
     return "the account's credit is insufficient"
 
 
-def _bearer_key(request: requests.PreparedRequest) -> str:
+def _bearer_key(request: requests.PreparedRequest) -> Secret | None:
     value = _header(request, "Authorization")
     scheme, _, key = value.partition(" ")
-    return key.strip() if scheme.lower() == "bearer" else ""
+    return Secret(key.strip()) if scheme.lower() == "bearer" and key.strip() else None
 
 
 def _header(request: requests.PreparedRequest, name: str) -> str:
@@ -469,20 +591,21 @@ def _body_bytes(request: requests.PreparedRequest, route: str) -> bytes:
         return body.encode("utf-8")
     if isinstance(body, bytes):
         return body
-    raise ConfigurationError(
-        f"cannot price {route}: its body is streamed ({type(body).__name__}), so its fields "
-        "cannot be read before sending; give its price in prices="
+    raise UnknownPrice(
+        kind="request",
+        name=route,
+        reason=(
+            f"its body is streamed ({type(body).__name__}), so its fields cannot be read "
+            "before sending; give its price in prices="
+        ),
     )
 
 
 def _json_body(request: requests.PreparedRequest, route: str) -> dict[str, Any]:
     raw = _body_bytes(request, route)
-    try:
-        payload = json.loads(raw, parse_float=Decimal) if raw.strip() else {}
-    except (ValueError, RecursionError):
-        payload = None
+    payload = decode(raw) if raw.strip() else {}
     if not isinstance(payload, dict):
-        raise ConfigurationError(f"cannot price {route}: its body is not a JSON object")
+        raise UnknownPrice(kind="request", name=route, reason="its body is not a JSON object")
     return payload
 
 
@@ -506,8 +629,10 @@ def _form_fields(request: requests.PreparedRequest, route: str) -> dict[str, lis
             for name, value in _json_body(request, route).items()
             if value is not None
         }
-    raise ConfigurationError(
-        f"cannot price {route}: cannot read form fields from a {kind or 'untyped'} body"
+    raise UnknownPrice(
+        kind="request",
+        name=route,
+        reason=f"cannot read form fields from a {kind[:60] or 'untyped'} body",
     )
 
 
@@ -516,7 +641,7 @@ def _multipart_fields(content_type: str, raw: bytes, route: str) -> dict[str, li
     header["Content-Type"] = content_type
     boundary = header.get_boundary()
     if not boundary:
-        raise ConfigurationError(f"cannot price {route}: multipart body without a boundary")
+        raise UnknownPrice(kind="request", name=route, reason="multipart body without a boundary")
     fields: dict[str, list[str]] = {}
     for part in raw.split(b"--" + boundary.encode("latin-1"))[1:]:
         if part.startswith(b"--"):
@@ -548,7 +673,9 @@ def _addon_names(values: list[str]) -> list[str]:
             except ValueError:
                 items = None
             if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
-                raise ConfigurationError(f"cannot price POST /api/v2/rodin: addons {value!r}")
+                raise UnknownPrice(
+                    kind="request", name="POST /api/v2/rodin", reason=f"addons {value[:80]!r}"
+                )
         else:
             items = text.split(",")
         names.extend(item.strip() for item in items if item.strip())

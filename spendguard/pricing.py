@@ -23,7 +23,7 @@ from typing import Any
 import attrs
 
 from ._errors import ConfigurationError, ProviderError
-from ._money import MAX_MAGNITUDE, parse_dollars, parse_number, to_amount
+from ._money import MAX_MAGNITUDE, UnusableNumber, parse_dollars, parse_number, to_amount
 
 __all__ = [
     "RODIN_PRICES",
@@ -44,16 +44,27 @@ class UnknownPrice(ConfigurationError):
     It is a :class:`~spendguard.ConfigurationError` (and so a ``ValueError``): the fix is a
     price, e.g. ``RODIN_PRICES.with_tiers(Detail="0.5")``.
 
+    It is also what a guarded Session raises, before sending anything, for a billable
+    request whose price cannot be read (``kind="request"``: a streamed or unreadable
+    body, a dynamic price without ``max_cost``); ``reason`` then says why.
+
     Attributes:
-        kind: ``"tier"`` or ``"addon"``.
-        name: The name that has no price.
-        known: The names the table does price, sorted.
+        kind: ``"tier"``, ``"addon"`` or ``"request"``.
+        name: The name that has no price (for a request, ``"METHOD /path"``).
+        known: The names the table does price, sorted (empty for a request).
+        reason: Why a request cannot be priced; ``None`` for a tier or an addon.
     """
 
-    def __init__(self, *, kind: str, name: str, known: Iterable[str]) -> None:
+    def __init__(
+        self, *, kind: str, name: str, known: Iterable[str] = (), reason: str | None = None
+    ) -> None:
         self.kind = kind
         self.name = name
         self.known = tuple(sorted(known))
+        self.reason = reason
+        if kind == "request":
+            super().__init__(f"cannot price {name}: {reason or 'its price is unknown'}")
+            return
         if kind == "tier" and name in RODIN_UNPUBLISHED_TIERS:
             why = f"Hyper3D does not publish the price of the {name!r} tier"
         else:
@@ -66,11 +77,13 @@ class UnknownPrice(ConfigurationError):
         )
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_rebuild_unknown_price, (self.kind, self.name, self.known))
+        return (_rebuild_unknown_price, (self.kind, self.name, self.known, self.reason))
 
 
-def _rebuild_unknown_price(kind: str, name: str, known: tuple[str, ...]) -> UnknownPrice:
-    return UnknownPrice(kind=kind, name=name, known=known)
+def _rebuild_unknown_price(
+    kind: str, name: str, known: tuple[str, ...], reason: str | None = None
+) -> UnknownPrice:
+    return UnknownPrice(kind=kind, name=name, known=known, reason=reason)
 
 
 class _PriceMap(Mapping[str, Decimal]):
@@ -224,12 +237,13 @@ def parse_orthogonal_price(value: object) -> Decimal | None:
         The price, or ``None`` when it is dynamic.
 
     Raises:
-        ProviderError: Anything else: a negative amount, a boolean, an unreadable string.
+        ProviderError: Anything else: a negative amount, a boolean, an unreadable string,
+            a number no price can be (``1e999999999``).
     """
     if value is None:
         return None
     try:
-        if isinstance(value, str):
+        if isinstance(value, str) and not isinstance(value, UnusableNumber):
             if value.strip().lower() == "dynamic":
                 return None
             price = parse_dollars(value)
@@ -240,5 +254,5 @@ def parse_orthogonal_price(value: object) -> Decimal | None:
     except (ValueError, ArithmeticError) as exc:
         raise ProviderError(f"malformed price: {exc}", provider="orthogonal") from None
     if price < 0 or price > MAX_MAGNITUDE:
-        raise ProviderError(f"malformed price: {value!r} is not a price", provider="orthogonal")
+        raise ProviderError(f"malformed price: {price} is not a price", provider="orthogonal")
     return price

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import spendguard as sg
-from spendguard._http import _NOT_JSON, _decode
+from spendguard._answer import NOT_JSON, Secret, read
 from spendguard._money import (
     MAX_MAGNITUDE,
     MIN_MAGNITUDE,
@@ -142,8 +142,8 @@ def _has_float(value: Any) -> bool:
 @given(st.binary(max_size=200) | st.text(max_size=100).map(str.encode))
 def test_decode_never_raises(raw: bytes) -> None:
     """Any bytes decode to JSON without floats, or to the not-JSON marker."""
-    body = _decode(raw, "secret-key")
-    assert body is _NOT_JSON or not _has_float(body)
+    _, body = read(raw, Secret("secret-key"))
+    assert body is NOT_JSON or not _has_float(body)
 
 
 JSON_NUMBERS = st.one_of(
@@ -248,3 +248,20 @@ def test_provider_answers_are_a_balance_or_a_provider_error() -> None:
                 assert result.is_finite()
 
         lookup()
+
+
+NUMBER_TEXTS = st.one_of(
+    st.from_regex(r"-?(0|[1-9][0-9]{0,60})(\.[0-9]{1,60})?([eE][+-]?[0-9]{1,25})?", fullmatch=True),
+    st.sampled_from(["1e999999999", "1e99999999999999999999", "-1e-99999999999999999999"]),
+)
+
+
+@given(NUMBER_TEXTS)
+def test_json_numbers_never_raise(text: str) -> None:
+    """Any JSON number text is an exact Decimal parse_number can judge, or marked unusable."""
+    _, body = read(f'{{"n": {text}}}'.encode(), None)
+    number = _value_or_message(parse_number, body["n"])
+    if isinstance(number, str):
+        assert len(number) < MESSAGE_LIMIT
+    else:
+        assert number == Decimal(text)

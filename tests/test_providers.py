@@ -115,13 +115,14 @@ def test_orthogonal_scale_stays_unknown_on_zero_balance(sim: ProviderSimulator) 
 
 
 def test_orthogonal_pinned_scale_skips_learning(sim: ProviderSimulator) -> None:
-    """units_per_dollar= pins the scale: no balance lookup, amounts rounded up."""
+    """units_per_dollar= pins the scale: checked once against the balance, amounts rounded up."""
     sim.units_per_dollar = 100
     with sg.Orthogonal(sim.api_key, base_url=sim.url, units_per_dollar=100) as provider:
         check = provider.check("0.001")
+        provider.check("0.001")
     assert check.sufficient
-    assert sim.count(BALANCE) == 0
-    assert [r.json()["amountCents"] for r in sim.requests if r.route == CHECK] == [1]
+    assert sim.count(BALANCE) == 1
+    assert [r.json()["amountCents"] for r in sim.requests if r.route == CHECK] == [1, 1]
 
 
 def test_orthogonal_check_uses_precise_balance_cents(sim: ProviderSimulator) -> None:
