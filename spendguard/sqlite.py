@@ -658,7 +658,12 @@ class SQLiteLedger:
 
     def _check_file(self) -> None:
         """Refuse when the path no longer names the file this ledger first opened."""
-        info = os.stat(self.path)
+        try:
+            info = os.stat(self.path)
+        except FileNotFoundError:
+            if self._file is None:
+                raise
+            raise self._replaced() from None
         current = (info.st_dev, info.st_ino)
         if self._file is None:
             self._file = current
