@@ -1,4 +1,5 @@
-"""Admissions per second: the in-process ledger against the Redis ledger on loopback.
+"""Admissions per second: the in-process ledger against the Redis ledger on loopback and
+the SQLite ledger on a local file.
 
     python -m pip install -e '.[redis]'
     python benchmarks/ledger.py                          # starts its own redis-server
@@ -7,20 +8,27 @@
 A check is one admission decision (no hold); a spend is an admission that holds, then the
 settle. With Redis every decision on a fresh snapshot must cost one EVALSHA: the table
 shows how many each operation took. The run fails (exit 1) only if that count is off.
+The SQLite ledger is measured with 1 and 8 threads, and both shared ledgers with 4
+processes spending from one account at once (spawned, each with its own ledger).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import multiprocessing
+import os
 import shutil
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
 from decimal import Decimal
+from typing import Any
 
 import spendguard as sg
+from spendguard.sqlite import SQLiteLedger
 from spendguard.testing import RedisServer
 
 try:
@@ -76,6 +84,87 @@ def evalsha_calls(ledger: RedisLedger) -> int:
     return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
 
 
+Row = tuple[str, object, str, str, str, str]
+
+
+def _row(kind: str, threads: object, name: str, done: int, elapsed: float) -> Row:
+    return (kind, threads, name, f"{done / elapsed:,.0f}", f"{elapsed / done * 1e6:.1f}", "-")
+
+
+def sqlite_rows(seconds: float) -> list[Row]:
+    """Checks and spends on a SQLiteLedger in a temporary file, 1 and 8 threads."""
+    rows = []
+    with (
+        tempfile.TemporaryDirectory() as folder,
+        SQLiteLedger(os.path.join(folder, "ledger.db")) as ledger,
+    ):
+        for threads in (1, 8):
+            wallet = Wallet(f"bench:sqlite:{threads}:{time.time_ns()}")
+            guard = sg.SpendGuard(wallet, ledger=ledger)
+            guard.check(1)  # the one lookup, and the file created
+
+            def spend(guard: sg.SpendGuard = guard) -> None:
+                with guard.spend(1):
+                    pass
+
+            for name, op in (("check", lambda guard=guard: guard.check(1)), ("spend", spend)):
+                done, elapsed = rate(op, threads, seconds)
+                rows.append(_row("sqlite", threads, name, done, elapsed))
+    return rows
+
+
+def process_rows(redis_url: str, seconds: float, processes: int = 4) -> list[Row]:
+    """Spends per second of ``processes`` spawned processes on one account, each with its
+    own SQLiteLedger on one file, then each with its own RedisLedger."""
+    rows = []
+    ctx = multiprocessing.get_context("spawn")
+    with tempfile.TemporaryDirectory() as folder:
+        for kind, where in (("sqlite", os.path.join(folder, "ledger.db")), ("redis", redis_url)):
+            account = f"bench:{kind}:processes:{time.time_ns()}"
+            ready: Any = ctx.Queue()
+            results: Any = ctx.Queue()
+            start = ctx.Event()
+            workers = [
+                ctx.Process(
+                    target=spend_in_a_process,
+                    args=(kind, where, account, seconds, (ready, start, results)),
+                    daemon=True,
+                )
+                for _ in range(processes)
+            ]
+            for worker in workers:
+                worker.start()
+            for _ in workers:
+                ready.get(timeout=120)
+            start.set()
+            counts = [results.get(timeout=120) for _ in workers]
+            for worker in workers:
+                worker.join(30)
+            done = sum(n for n, _ in counts)
+            elapsed = max(t for _, t in counts)
+            rows.append(_row(kind, f"{processes} proc", "spend", done, elapsed))
+    return rows
+
+
+def spend_in_a_process(
+    kind: str, where: str, account: str, seconds: float, queues: tuple[Any, Any, Any]
+) -> None:
+    """One process of :func:`process_rows`: spend in a loop for ``seconds``."""
+    ready, start, results = queues
+    ledger = SQLiteLedger(where) if kind == "sqlite" else RedisLedger.from_url(where)
+    with ledger:
+        guard = sg.SpendGuard(Wallet(account), ledger=ledger)
+        guard.check(1)
+        ready.put(True)
+        start.wait(120)
+
+        def spend() -> None:
+            with guard.spend(1):
+                pass
+
+        results.put(rate(spend, 1, seconds))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--url", help="a Redis to use (its ledger keys are left behind)")
@@ -119,6 +208,8 @@ def main() -> int:
                             shown,
                         )
                     )
+        rows += sqlite_rows(seconds)
+        rows += process_rows(url, seconds)
         for threads in (1, 8):
             done, elapsed = rate(ledger.client.ping, threads, seconds)
             rows.append(

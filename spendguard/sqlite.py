@@ -30,6 +30,7 @@ import itertools
 import logging
 import math
 import os
+import random
 import secrets
 import sqlite3
 import threading
@@ -68,6 +69,7 @@ _SUM_CAP = 4 * 10**18  # held and spent saturate here, below SQLite's 2**63
 _FAILURE_SHARED = 1.0  # seconds a failed lookup's error is handed to other processes
 _POLICIES = ("raise", "local")
 _BOOT_ID = "/proc/sys/kernel/random/boot_id"
+_SQLITE_BUSY = 5  # the primary result code; extended codes add high bits
 
 _Opened = tuple["weakref.ref[threading.Thread]", int, sqlite3.Connection]
 
@@ -355,7 +357,7 @@ class SQLiteLedger:
         """Decide a check that holds nothing from a fresh snapshot, reading only; ``None``
         when a write transaction must decide (stale snapshot, a hold may be due)."""
         with self._translate("admit") as connection:
-            found = connection.execute(sql.SELECT_ACCOUNT, (account_id,)).fetchone()
+            found = self._patiently(connection, sql.SELECT_ACCOUNT, (account_id,)).fetchone()
             self._check_file()
         if found is None:
             return None
@@ -539,7 +541,7 @@ class SQLiteLedger:
     def _write(self, op: str) -> Iterator[sqlite3.Connection]:
         """One ``BEGIN IMMEDIATE`` transaction, committed when the block returns."""
         with self._translate(op) as connection:
-            connection.execute("BEGIN IMMEDIATE")
+            self._patiently(connection, "BEGIN IMMEDIATE")
             try:
                 self._check_file()
                 yield connection
@@ -563,6 +565,33 @@ class SQLiteLedger:
                 detail = f"{detail} (for more than busy_timeout={self.busy_timeout:g} s)"
             raise LedgerError(f"{op} failed: {detail}", ledger=self._where) from exc
 
+    def _patiently(
+        self, connection: sqlite3.Connection, statement: str, parameters: tuple[object, ...] = ()
+    ) -> sqlite3.Cursor:
+        """Execute ``statement``, retrying for up to ``busy_timeout`` while another
+        connection has the database locked.
+
+        SQLite's own busy handler sleeps 1, 2, 5, 10 ms... between tries, while a
+        transaction here takes tens of microseconds: with 4 processes spending on one
+        account, retrying after a short random pause (50 µs, doubling up to 2 ms) gave
+        about twice the throughput (``benchmarks/ledger.py``).
+        """
+        try:
+            return connection.execute(statement, parameters)
+        except sqlite3.OperationalError as exc:
+            if not _busy(exc):
+                raise
+        deadline = time.monotonic() + self.busy_timeout
+        pause = 0.00005
+        while True:
+            time.sleep(pause * (0.5 + random.random()))
+            try:
+                return connection.execute(statement, parameters)
+            except sqlite3.OperationalError as exc:
+                if not _busy(exc) or time.monotonic() >= deadline:
+                    raise
+            pause = min(pause * 2, 0.002)
+
     def _connection(self) -> sqlite3.Connection:
         local = self._local
         connection: sqlite3.Connection | None = getattr(local, "connection", None)
@@ -577,27 +606,27 @@ class SQLiteLedger:
             raise LedgerError("the path is a directory, not a database file", ledger=self._where)
         if self._file is not None and not os.path.exists(self.path):
             raise self._replaced()
+        # Busy waits are _patiently's and _set_up's, not SQLite's own handler.
         connection = sqlite3.connect(
-            self.path,
-            timeout=self.busy_timeout,
-            isolation_level=None,
-            check_same_thread=False,
+            self.path, timeout=0, isolation_level=None, check_same_thread=False
         )
         try:
             self._check_file()
-            mode = connection.execute("PRAGMA journal_mode").fetchone()[0]
-            if mode != "wal":
-                mode = connection.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-                if mode != "wal":
-                    raise LedgerError(
-                        f"cannot use WAL mode (journal_mode is {mode!r})", ledger=self._where
-                    )
-            connection.execute("PRAGMA synchronous = NORMAL")
-            if connection.execute("PRAGMA user_version").fetchone()[0] != sql.VERSION:
-                self._create(connection)
-            stored = connection.execute(sql.SELECT_BOOT).fetchone()
-            if (stored[0] if stored else "") != self._boot:
-                self._after_reboot(connection)
+            deadline = time.monotonic() + self.busy_timeout
+            pause = 0.001
+            while True:
+                try:
+                    self._set_up(connection)
+                    break
+                except sqlite3.OperationalError as exc:
+                    # Processes setting up a new file at once can deadlock in SQLite's
+                    # rollback-journal mode (it then reports busy at once): try again.
+                    if connection.in_transaction:
+                        connection.execute("ROLLBACK")
+                    if not _busy(exc) or time.monotonic() >= deadline:
+                        raise
+                time.sleep(pause * (0.5 + random.random()))
+                pause = min(pause * 2, 0.05)
         except BaseException:
             connection.close()
             raise
@@ -619,6 +648,22 @@ class SQLiteLedger:
             with contextlib.suppress(sqlite3.Error):
                 old.close()
         return connection
+
+    def _set_up(self, connection: sqlite3.Connection) -> None:
+        """WAL mode, the tables, and this boot's times."""
+        mode = connection.execute("PRAGMA journal_mode").fetchone()[0]
+        if mode != "wal":
+            mode = connection.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if mode != "wal":
+                raise LedgerError(
+                    f"cannot use WAL mode (journal_mode is {mode!r})", ledger=self._where
+                )
+        connection.execute("PRAGMA synchronous = NORMAL")
+        if connection.execute("PRAGMA user_version").fetchone()[0] != sql.VERSION:
+            self._create(connection)
+        stored = connection.execute(sql.SELECT_BOOT).fetchone()
+        if (stored[0] if stored else "") != self._boot:
+            self._after_reboot(connection)
 
     def _create(self, connection: sqlite3.Connection) -> None:
         connection.execute("BEGIN IMMEDIATE")
@@ -807,6 +852,14 @@ class _Row:
     def save(self, connection: sqlite3.Connection) -> None:
         values = [getattr(self, column) for column in sql.ACCOUNT_COLUMNS]
         connection.execute(sql.UPDATE_ACCOUNT, (*values, self.account))
+
+
+def _busy(exc: sqlite3.OperationalError) -> bool:
+    """Whether ``exc`` says another connection holds the lock (``SQLITE_BUSY``)."""
+    code = getattr(exc, "sqlite_errorcode", None)  # Python 3.11+
+    if code is not None:
+        return bool(code & 0xFF == _SQLITE_BUSY)
+    return "locked" in str(exc)
 
 
 def _with_source(admission: Admission, source: Source) -> Admission:
