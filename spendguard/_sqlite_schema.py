@@ -100,7 +100,12 @@ INSERT_HOLD = (
     "INSERT OR IGNORE INTO spendguard_holds (id, account, amount, expires_at, deadline) "
     "VALUES (?, ?, ?, ?, ?)"
 )
-SELECT_HOLD = "SELECT amount FROM spendguard_holds WHERE id = ? AND account = ?"
+END_HOLD = (
+    "UPDATE spendguard_accounts SET held = held - COALESCE("
+    "(SELECT amount FROM spendguard_holds WHERE id = ?1 AND account = ?2), 0), "
+    "spent = MIN(spent + ?3, ?4) WHERE account = ?2"
+)
+DELETE_OWN_HOLD = "DELETE FROM spendguard_holds WHERE id = ? AND account = ?"
 RENEW_HOLD = (
     "UPDATE spendguard_holds SET deadline = ?, expires_at = ? "
     "WHERE id = ? AND account = ? AND expires_at > ?"

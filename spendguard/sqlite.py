@@ -308,17 +308,16 @@ class SQLiteLedger:
         if hold_id is not None:
             self._heartbeat.discard(hold_id)
         spent = 0 if charged is None else _units(charged, up=True)
+        if hold_id is None and not spent:
+            return
+        # Plain statements, no row read into Python: the write lock is held for less time.
+        ending = (hold_id, account_id, spent, _SUM_CAP)
         with self._write("end") as connection:
-            now = self._clock()
-            row = _Row.load(connection, account_id, now)
+            if not connection.execute(sql.END_HOLD, ending).rowcount:
+                connection.execute(sql.INSERT_ACCOUNT, (account_id,))
+                connection.execute(sql.END_HOLD, ending)
             if hold_id is not None:
-                found = connection.execute(sql.SELECT_HOLD, (hold_id, account_id)).fetchone()
-                if found is not None:
-                    connection.execute(sql.DELETE_HOLD, (hold_id,))
-                    row.held -= found[0]
-            if spent:
-                row.spent = min(row.spent + spent, _SUM_CAP)
-            row.save(connection)
+                connection.execute(sql.DELETE_OWN_HOLD, (hold_id, account_id))
 
     def renew(self, account_id: str, hold_id: str, hold_ttl: float) -> bool:
         """Push hold ``hold_id``'s ``hold_ttl`` deadline back to ``hold_ttl`` seconds from
@@ -541,9 +540,9 @@ class SQLiteLedger:
     def _write(self, op: str) -> Iterator[sqlite3.Connection]:
         """One ``BEGIN IMMEDIATE`` transaction, committed when the block returns."""
         with self._translate(op) as connection:
+            self._check_file()
             self._patiently(connection, "BEGIN IMMEDIATE")
             try:
-                self._check_file()
                 yield connection
                 connection.execute("COMMIT")
             except BaseException:
