@@ -73,6 +73,10 @@ _SQLITE_BUSY = 5  # the primary result code; extended codes add high bits
 
 _Opened = tuple["weakref.ref[threading.Thread]", int, sqlite3.Connection]
 
+# Connections a forked child inherited from its parent: kept, never used and never closed,
+# because closing them here could checkpoint or unlock what belongs to the parent.
+_INHERITED: list[sqlite3.Connection] = []
+
 
 class SQLiteLedger:
     """Keeps every guard's view of an account in one SQLite file, for the processes of
@@ -162,6 +166,7 @@ class SQLiteLedger:
         self._heartbeat: Heartbeat[str, str] = Heartbeat(
             self._beat, self.max_hold_ttl / 3, f"spendguard-sqlite-heartbeat:{self.path}"
         )
+        _LEDGERS.add(self)
 
     @property
     def on_ledger_error(self) -> OnLedgerError:
@@ -180,6 +185,7 @@ class SQLiteLedger:
         pid = os.getpid()
         for _, owner, connection in connections:
             if owner != pid:
+                _INHERITED.append(connection)
                 continue
             with contextlib.suppress(sqlite3.Error):
                 connection.close()
@@ -594,8 +600,10 @@ class SQLiteLedger:
     def _connection(self) -> sqlite3.Connection:
         local = self._local
         connection: sqlite3.Connection | None = getattr(local, "connection", None)
-        if connection is not None and local.pid == os.getpid():
-            return connection
+        if connection is not None:
+            if local.pid == os.getpid():
+                return connection
+            _INHERITED.append(connection)
         connection = self._open()
         local.connection, local.pid = connection, os.getpid()
         return connection
@@ -636,8 +644,8 @@ class SQLiteLedger:
             for opened in self._connections:
                 thread = opened[0]()
                 if opened[1] != pid:
-                    continue
-                if thread is None or not thread.is_alive():
+                    _INHERITED.append(opened[2])
+                elif thread is None or not thread.is_alive():
                     ended.append(opened[2])
                 else:
                     kept.append(opened)
@@ -851,6 +859,19 @@ class _Row:
     def save(self, connection: sqlite3.Connection) -> None:
         values = [getattr(self, column) for column in sql.ACCOUNT_COLUMNS]
         connection.execute(sql.UPDATE_ACCOUNT, (*values, self.account))
+
+
+_LEDGERS: weakref.WeakSet[SQLiteLedger] = weakref.WeakSet()
+
+
+def _reset_after_fork() -> None:
+    """A forked child starts with fresh locks (another thread may have held one at fork)."""
+    for ledger in list(_LEDGERS):
+        ledger._lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_after_fork)
 
 
 def _busy(exc: sqlite3.OperationalError) -> bool:

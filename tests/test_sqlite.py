@@ -478,3 +478,22 @@ class _Wallet:
     def check(self, amount: Decimal) -> sg.Check:
         self.lookups += 1
         return sg.Check.of(amount, self.balance, self.unit, "remote")
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+@pytest.mark.filterwarnings("ignore:This process:DeprecationWarning")
+def test_a_forked_child_opens_its_own_connection(path: Path) -> None:
+    """A child forked while the parent holds decides through the same ledger object on its
+    own connection, sees the parent's hold, and leaves the parent's connection working."""
+    wallet = _Wallet(Decimal(10))
+    with SQLiteLedger(path) as ledger:
+        guard = sg.SpendGuard(wallet, ledger=ledger)
+        with guard.spend(8):
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover - the child
+                code = 0 if not guard.check(3).sufficient and guard.check(2).sufficient else 1
+                os._exit(code)
+            _, status = os.waitpid(pid, 0)
+            assert os.waitstatus_to_exitcode(status) == 0
+            assert not guard.check(3).sufficient
+        assert guard.balance() == 2
