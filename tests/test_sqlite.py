@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -279,6 +280,32 @@ def test_four_processes_spend_exactly_the_balance(sim: ProviderSimulator, path: 
     assert sim.count(H3D_BALANCE) <= elapsed / ttl + 1
     assert sum(lookups for _, _, lookups in outcomes) == sim.count(H3D_BALANCE)
     assert _held(path) == 0
+
+
+def test_one_lookup_per_ttl_window_under_load(
+    sim: ProviderSimulator, hyper3d: sg.Hyper3D, path: Path
+) -> None:
+    """8 guards on 8 ledgers (8 connections) checking for a second with ttl=0.2 make at
+    most one slow lookup per TTL window between them."""
+    ledgers = [SQLiteLedger(path) for _ in range(8)]
+    guards = [sg.SpendGuard(hyper3d, ttl=0.2, ledger=one) for one in ledgers]
+    sim.slow(H3D_BALANCE, 0.05, times=100)
+    start = time.monotonic()
+
+    def work(guard: sg.SpendGuard) -> int:
+        checks = 0
+        while time.monotonic() - start < 1.0:
+            assert guard.check("0.1").sufficient
+            checks += 1
+        return checks
+
+    with ThreadPoolExecutor(8) as pool:
+        checks = sum(pool.map(work, guards))
+    elapsed = time.monotonic() - start
+    assert checks > 100
+    assert 2 <= sim.count(H3D_BALANCE) <= elapsed / 0.2 + 1
+    for one in ledgers:
+        one.close()
 
 
 def test_killed_holder_is_freed_after_expiry_not_before(
