@@ -110,6 +110,10 @@ RENEW_HOLD = (
     "UPDATE spendguard_holds SET deadline = ?, expires_at = ? "
     "WHERE id = ? AND account = ? AND expires_at > ?"
 )
+EARLIER_EXPIRY = (
+    "UPDATE spendguard_accounts SET next_expiry = MIN(COALESCE(next_expiry, ?1), ?1) "
+    "WHERE account = ?2"
+)
 BEAT_HOLD = (
     "UPDATE spendguard_holds SET expires_at = MIN(COALESCE(deadline, ?), ?) "
     "WHERE id = ? AND expires_at > ?"

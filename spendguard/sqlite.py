@@ -343,6 +343,8 @@ class SQLiteLedger:
             renewed = connection.execute(
                 sql.RENEW_HOLD, (deadline, expires_at, hold_id, account_id, now)
             ).rowcount
+            if renewed:  # a shorter hold_ttl may bring the expiry forward
+                connection.execute(sql.EARLIER_EXPIRY, (expires_at, account_id))
         return renewed == 1
 
     def invalidate(self, account_id: str) -> None:

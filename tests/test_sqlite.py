@@ -524,3 +524,22 @@ def test_a_forked_child_opens_its_own_connection(path: Path) -> None:
             assert os.waitstatus_to_exitcode(status) == 0
             assert not guard.check(3).sufficient
         assert guard.balance() == 2
+
+
+def test_a_renewal_may_bring_the_expiry_forward(path: Path, clock: FakeClock) -> None:
+    """renew() with a shorter hold_ttl than the hold had: it expires at the new time."""
+    wallet = _Wallet(Decimal(10))
+    with SQLiteLedger(path, clock=clock) as ledger:
+        options: dict[str, Any] = {"floor": Decimal(0), "ttl": 600.0, "refresh_interval": 600.0}
+        taken = ledger.admit(
+            wallet.account_id, Decimal(8), hold_ttl=300.0, lookup=wallet.check, **options
+        )
+        assert taken.hold_id is not None
+        assert ledger.renew(wallet.account_id, taken.hold_id, 10.0)
+        clock.advance(11)
+        answer = ledger.admit(
+            wallet.account_id, Decimal(3), hold_ttl=None, lookup=wallet.check, **options
+        )
+        assert answer.admitted
+        assert answer.held == 0
+        assert not ledger.renew(wallet.account_id, taken.hold_id, 10.0)
