@@ -898,9 +898,15 @@ def _with_source(admission: Admission, source: Source) -> Admission:
 
 def _units(value: Decimal, *, up: bool) -> int:
     """``value`` in whole units of :data:`SCALE`, rounded up (``up``) or down, within
-    ``±MAX_AMOUNT``; exact integer arithmetic, whatever the caller's decimal context."""
+    ``±MAX_AMOUNT``; exact integer arithmetic, whatever the caller's decimal context.
+
+    Never raises: an infinity is the nearest end of the range, and NaN the end that spends
+    less (the top for a cost or a charge, the bottom for a balance).
+    """
     if not value.is_finite():
-        raise ValueError(f"amount must be finite, got {value}")
+        if value.is_nan():
+            return _MAX_UNITS if up else -_MAX_UNITS
+        return -_MAX_UNITS if value.is_signed() else _MAX_UNITS
     sign, digits, exponent = value.as_tuple()
     assert isinstance(exponent, int)
     negative = bool(sign)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import decimal
 import logging
 import multiprocessing
 import os
@@ -543,3 +544,21 @@ def test_a_renewal_may_bring_the_expiry_forward(path: Path, clock: FakeClock) ->
         assert answer.admitted
         assert answer.held == 0
         assert not ledger.renew(wallet.account_id, taken.hold_id, 10.0)
+
+
+def test_amounts_ignore_the_callers_decimal_context(path: Path, clock: FakeClock) -> None:
+    """With the application's decimal precision at 3 digits, the ledger still stores and
+    answers 12.345678 exactly, and a NaN charge still ends its hold."""
+    wallet = _Wallet(Decimal("12.345678"))
+    options: dict[str, Any] = {"floor": Decimal(0), "ttl": 600.0, "refresh_interval": 600.0}
+    with SQLiteLedger(path, clock=clock) as ledger, decimal.localcontext() as context:
+        context.prec = 3
+        taken = ledger.admit(
+            wallet.account_id, Decimal("0.000001"), hold_ttl=60.0, lookup=wallet.check, **options
+        )
+        assert taken.available == Decimal("12.345678")
+        assert taken.held == Decimal("0.000001")
+        ledger.end(wallet.account_id, taken.hold_id, Decimal("NaN"))
+        after = ledger.admit(wallet.account_id, Decimal(0), hold_ttl=None, lookup=None, **options)
+    assert after.held == 0
+    assert after.available == Decimal("12.345678") - MAX_AMOUNT
