@@ -21,6 +21,10 @@ stored beside the times so that after a reboot (when no process that held anythi
 alive) every hold is dropped and every snapshot forgotten; elsewhere ``time.time()``, which
 moves if the wall clock is set. The file must be on a local disk: SQLite's locking is
 unreliable on network filesystems (NFS, SMB).
+
+The file is written with ``synchronous=NORMAL``: a transaction survives the crash of any
+process, and a power cut may lose the last ones, after which the reboot drops every hold
+and snapshot anyway.
 """
 
 from __future__ import annotations

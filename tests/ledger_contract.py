@@ -36,8 +36,8 @@ from hypothesis.stateful import (
 import spendguard as sg
 
 CONTRACT_SETTINGS = settings(
-    max_examples=25,
-    stateful_step_count=25,
+    max_examples=40,
+    stateful_step_count=30,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
