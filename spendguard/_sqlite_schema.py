@@ -97,7 +97,7 @@ SELECT_DUE = (
 DELETE_HOLD = "DELETE FROM spendguard_holds WHERE id = ?"
 NEXT_EXPIRY = "SELECT MIN(expires_at) FROM spendguard_holds WHERE account = ?"
 INSERT_HOLD = (
-    "INSERT OR IGNORE INTO spendguard_holds (id, account, amount, expires_at, deadline) "
+    "INSERT INTO spendguard_holds (id, account, amount, expires_at, deadline) "
     "VALUES (?, ?, ?, ?, ?)"
 )
 END_HOLD = (

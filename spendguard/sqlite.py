@@ -299,7 +299,7 @@ class SQLiteLedger:
             now = self._clock()
             row = _Row.load(connection, account_id, now)
             available, age = row.available(now, 0)
-            row.add_hold(connection, hold_id, units, now, self._expiry(now, hold_ttl))
+            row.add_hold(connection, hold_id, units, self._expiry(now, hold_ttl))
             row.save(connection)
         shown = None if available is None else _amount(available)
         admission = Admission(
@@ -447,7 +447,7 @@ class SQLiteLedger:
         if admitted and ask.hold_id is not None:
             assert ask.hold_ttl is not None
             hold_id = ask.hold_id
-            row.add_hold(connection, hold_id, ask.units, now, self._expiry(now, ask.hold_ttl))
+            row.add_hold(connection, hold_id, ask.units, self._expiry(now, ask.hold_ttl))
         return Admission(
             admitted, _amount(available), _amount(row.held), source, age, hold_id, check
         )
@@ -833,9 +833,10 @@ class _Row:
         connection: sqlite3.Connection,
         hold_id: str,
         units: int,
-        now: float,
         expiry: tuple[float | None, float],
     ) -> None:
+        """Hold ``units`` until ``expiry`` (deadline, expires_at); the sum of the holds
+        saturates below SQLite's 64-bit range, where it blocks every admission anyway."""
         deadline, expires_at = expiry
         recorded = max(0, min(units, _SUM_CAP - self.held))
         connection.execute(sql.INSERT_HOLD, (hold_id, self.account, recorded, expires_at, deadline))

@@ -4,6 +4,7 @@ ledger on a real file and the Redis ledger on a real redis-server."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 import uuid
@@ -46,6 +47,8 @@ def make_ledger(
     """Builds ledgers of one kind on one store (a file, a server), closed after the test."""
     opened: list[SQLiteLedger | RedisLedger] = []
     if request.param == "redis" and redis_server is None:
+        if os.environ.get("SPENDGUARD_REQUIRE_REDIS") == "1":
+            pytest.fail("redis-server or the redis package is missing", pytrace=False)
         pytest.skip("needs redis-server and the redis package")
 
     def make(**options: float) -> sg.Ledger:
