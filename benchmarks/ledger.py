@@ -1,6 +1,8 @@
-"""Shared admission through one Redis: spendguard's RedisLedger beside the Redis paths of
-the libraries one would pick instead (``limits``' RedisStorage, ``pyrate-limiter``'s
-RedisBucket), on the same redis-server, in the same run.
+"""Shared admission: spendguard's RedisLedger beside the Redis paths of the libraries one
+would pick instead (``limits``' RedisStorage, ``pyrate-limiter``'s RedisBucket), on the same
+redis-server, in the same run; and spendguard's SQLite ledger on one local file beside the
+in-process ledger (which shares nothing between processes: its 4-process figure is four
+separate budgets).
 
     python -m pip install -e '.[redis,bench]'
     python benchmarks/ledger.py                          # starts its own redis-server
@@ -20,7 +22,9 @@ import argparse
 import contextlib
 import itertools
 import multiprocessing
+import os
 import shutil
+import tempfile
 import sys
 import threading
 import time
@@ -39,6 +43,7 @@ try:
     from pyrate_limiter import Duration, Limiter, Rate, RedisBucket
 
     from spendguard.redis import RedisLedger
+    from spendguard.sqlite import SQLiteLedger
 except ImportError as exc:
     sys.exit(f"{exc}: pip install -e '.[redis,bench]'")
 
@@ -113,6 +118,33 @@ def pyrate_limiter(url: str) -> Callable[[], object]:
     return lambda: limiter.try_acquire("bench", blocking=False)
 
 
+# One file for every process of a run: spawned children inherit the variable.
+SQLITE_PATH = os.environ.setdefault(
+    "SPENDGUARD_BENCH_SQLITE", os.path.join(tempfile.mkdtemp(prefix="spendguard-"), "bench.db")
+)
+
+
+def _spend(guard: sg.SpendGuard) -> Callable[[], object]:
+    def spend() -> bool:
+        with guard.spend(1):
+            return True
+
+    return spend
+
+
+def in_process_spend(url: str) -> Callable[[], object]:
+    return _spend(sg.SpendGuard(Wallet(), ttl=3600))
+
+
+def sqlite_check(url: str) -> Callable[[], object]:
+    guard = sg.SpendGuard(Wallet(), ttl=3600, ledger=SQLiteLedger(SQLITE_PATH))
+    return lambda: guard.check(1).sufficient
+
+
+def sqlite_spend(url: str) -> Callable[[], object]:
+    return _spend(sg.SpendGuard(Wallet(), ttl=3600, ledger=SQLiteLedger(SQLITE_PATH)))
+
+
 def ping(url: str) -> Callable[[], object]:
     client = redis.Redis.from_url(url, connection_class=CountingConnection)
     return lambda: client.ping() is True
@@ -125,6 +157,9 @@ CANDIDATES: dict[str, Callable[[str], Callable[[], object]]] = {
     "limits fixed window hit": limits_fixed_window,
     "pyrate-limiter RedisBucket acquire": pyrate_limiter,
     "PING (one round trip)": ping,
+    "in-process spend (one process only)": in_process_spend,
+    "SQLite ledger check (one file)": sqlite_check,
+    "SQLite ledger spend (one file)": sqlite_spend,
 }
 EXPECTED = {"spendguard check": 1, "spendguard spend (admit + settle)": 2}
 

@@ -7,7 +7,7 @@ The tree::
     ├── ProviderError                the provider's answer could not be used
     │   ├── AuthenticationError      401 / 403: the key is wrong or lacks access
     │   └── BalanceUnavailable       timeout, connection error, 429 or 5xx after retries
-    ├── LedgerError                  the shared ledger (Redis) is down, slow or lost its state
+    ├── LedgerError                  the shared ledger (SQLite, Redis) cannot be used
     ├── ReentryError                 (also a RuntimeError) a balance lookup called back into
     │                                the guard that was looking it up
     └── ConfigurationError           (also a ValueError) a missing key, a bad URL, a bad option
@@ -154,7 +154,8 @@ class BalanceUnavailable(ProviderError):
 
 
 class LedgerError(SpendGuardError):
-    """The shared ledger could not be used: Redis is down or slow, or lost its state.
+    """The shared ledger could not be used: Redis is down or slow or lost its state, or the
+    SQLite file is locked, corrupt, read-only or gone.
 
     The call was not started (unless the ledger's ``on_ledger_error="local"`` let this
     process decide on its own).
