@@ -24,8 +24,8 @@ import itertools
 import multiprocessing
 import os
 import shutil
-import tempfile
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
