@@ -633,8 +633,16 @@ class Engine:
             )
 
     def expire(self, now: float) -> None:
-        """End the holds whose owners did not end them in time; a WARNING names each."""
-        for hold in self.account.expire(now):
+        """Expire the holds whose owners did not end them in time; a WARNING names each.
+
+        What an expired hold's call spends is not known until its owner ends it, so the
+        cached balance is dropped: the next decision asks the provider, whose balance
+        shows whatever was charged meanwhile.
+        """
+        expired = self.account.expire(now)
+        if expired:
+            self.invalidate()
+        for hold in expired:
             if hold.fleet is not None and self.fleet is not None:
                 self.fleet.end(hold.fleet or None, None)
             label = "" if hold.label is None else f" {hold.label!r}"

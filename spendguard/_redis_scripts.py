@@ -55,7 +55,9 @@ if op == 'end' then
     if amount then
       redis.call('HDEL', holds, A[2])
       redis.call('ZREM', expiry, A[2])
-      redis.call('HINCRBY', state, 'held', '-' .. amount)
+      if amount ~= '0' then  -- Redis reads '-0' as no integer
+        redis.call('HINCRBY', state, 'held', '-' .. amount)
+      end
       found = '1'
     end
   end

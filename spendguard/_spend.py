@@ -34,8 +34,8 @@ def current_hold() -> Hold | None:
 
     Inside a function decorated with ``@guard(cost=...)`` (sync or async, and whatever
     it calls) it is that call's hold; inside ``with guard.spend(...)`` / ``async with``
-    it is the block's. ``None`` elsewhere, and in threads the call or block started (they
-    do not inherit it). Settle it with the real price from the provider's answer, or
+    it is the block's. ``None`` elsewhere, and in threads or tasks the call or block
+    started: the hold belongs to the code that runs inside it. Settle it with the real price from the provider's answer, or
     release it when nothing was charged; the call's end then changes nothing more.
     """
     block = _CURRENT.get()
@@ -51,7 +51,7 @@ def current_hold() -> Hold | None:
                 return None
             return CallHold(found["engine"], ticket)
         frame = frame.f_back
-    return block
+    return None
 
 
 class Spend:

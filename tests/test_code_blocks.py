@@ -50,12 +50,7 @@ ORTHOGONAL_USD = "25.00"
 
 # Blocks known to be wrong, to be corrected in the README: ``(text in the block, why)``.
 # Each must still fail (strict xfail); an entry that matches no block fails a test below.
-KNOWN_BROKEN: list[tuple[str, str]] = [
-    (
-        'assert sim.count("GET /api/v2/check_balance") == 1',
-        "counts a lookup that the block never makes",
-    ),
-]
+KNOWN_BROKEN: list[tuple[str, str]] = []
 
 # A block using an optional part that is not installed is skipped, as tests/test_redis.py
 # is, unless SPENDGUARD_REQUIRE_REDIS=1 (CI) makes that an error.

@@ -57,6 +57,9 @@ def make_ledger(
             ledger = SQLiteLedger(tmp_path / "ledger.db", **options)
         else:
             assert redis_server is not None
+            # A new account waits three heartbeats before its first admission (it cannot
+            # be told from one whose state was lost): a short beat keeps the run fast.
+            options.setdefault("heartbeat", 0.02)
             ledger = RedisLedger.from_url(redis_server.url, **options)
         opened.append(ledger)
         return ledger

@@ -199,7 +199,7 @@ def test_times_from_another_boot_are_forgotten(path: Path, clock: FakeClock) -> 
         guard.spend(8).__enter__()
     assert _held(path) == 8
     with SQLiteLedger(path) as after:
-        guard = sg.SpendGuard(wallet, ledger=after)
+        guard = sg.SpendGuard(wallet, ledger=after, clock=clock)
         assert guard.check(10).sufficient
     assert _held(path) == 0
     assert wallet.lookups == 2

@@ -167,5 +167,5 @@ async def coroutines() -> None:
 try:
     generate("a chair")
 except sg.InsufficientCredits as exc:
-    assert_type(exc.shortfall, Decimal)
+    assert_type(exc.shortfall, Decimal | None)
     assert_type(exc.required, Decimal)
