@@ -35,8 +35,9 @@ def current_hold() -> Hold | None:
     Inside a function decorated with ``@guard(cost=...)`` (sync or async, and whatever
     it calls) it is that call's hold; inside ``with guard.spend(...)`` / ``async with``
     it is the block's. ``None`` elsewhere, and in threads or tasks the call or block
-    started: the hold belongs to the code that runs inside it. Settle it with the real price from the provider's answer, or
-    release it when nothing was charged; the call's end then changes nothing more.
+    started: the hold belongs to the code that runs inside it. Settle it with the real
+    price from the provider's answer, or release it when nothing was charged; the call's
+    end then changes nothing more.
     """
     block = _CURRENT.get()
     block_frame = None if block is None else block._frame
