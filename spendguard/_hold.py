@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextvars
 from decimal import Decimal
-from types import FrameType
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 from ._account import ENDED, EXPIRED, HELD, PENDING, Ticket
 from ._money import Amount, atoms_up, format_amount, from_atoms, to_amount
@@ -51,9 +49,7 @@ class Hold(Ticket):
     __slots__ = (
         "__weakref__",
         "_atoms",
-        "_frame",
         "_of",
-        "_token",
         "amount",
         "created_at",
         "expires_at",
@@ -74,8 +70,6 @@ class Hold(Ticket):
         self.created_at = engine.clock()
         self.expires_at = self.created_at + engine.hold_ttl
         self._of: Ticket = self
-        self._token: contextvars.Token[Any] | None = None
-        self._frame: FrameType | None = None
 
     @property
     def state(self) -> HoldState:

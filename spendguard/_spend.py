@@ -19,10 +19,10 @@ from ._money import format_amount
 if TYPE_CHECKING:
     from ._engine import Engine
 
-_CURRENT: contextvars.ContextVar[Hold | None] = contextvars.ContextVar(
+_CURRENT: contextvars.ContextVar[tuple[Hold, FrameType] | None] = contextvars.ContextVar(
     "spendguard_current_hold", default=None
 )
-"""The innermost ``spend`` block's hold in this context."""
+"""The innermost ``spend`` block's hold in this context, with the frame that entered it."""
 
 CALL_CODES: set[CodeType] = set()
 """The code objects of the decorator's closures: a frame running one is a guarded call,
@@ -39,8 +39,7 @@ def current_hold() -> Hold | None:
     price from the provider's answer, or release it when nothing was charged; the call's
     end then changes nothing more.
     """
-    block = _CURRENT.get()
-    block_frame = None if block is None else block._frame
+    block, block_frame = _CURRENT.get() or (None, None)
     frame: FrameType | None = sys._getframe(1)
     while frame is not None:
         if frame is block_frame:
@@ -62,7 +61,7 @@ class Spend:
     by several threads or tasks at once, each getting a hold of its own.
     """
 
-    __slots__ = ("_atoms", "_engine", "_holds", "amount", "label")
+    __slots__ = ("_atoms", "_engine", "_open", "amount", "label")
 
     def __init__(
         self, engine: Engine, amount: Decimal, atoms: int, label: str | None = None
@@ -71,7 +70,9 @@ class Spend:
         self.amount = amount
         self._atoms = atoms
         self.label = label
-        self._holds: list[Hold] = []
+        # Each open entry: its hold, the token that restores current_hold(), and the frame
+        # that entered it (where current_hold() finds the block).
+        self._open: list[tuple[Hold, contextvars.Token[tuple[Hold, FrameType] | None]]] = []
 
     def __enter__(self) -> Hold:
         engine = self._engine
@@ -79,9 +80,7 @@ class Spend:
         try:
             if not engine.take_cached(hold):
                 engine.admit(hold, self._atoms)
-            self._holds.append(hold)
-            hold._frame = sys._getframe(1)
-            hold._token = _CURRENT.set(hold)
+            self._open.append((hold, _CURRENT.set((hold, sys._getframe(1)))))
         except BaseException:
             self._abandon(hold)
             raise
@@ -93,21 +92,15 @@ class Spend:
         try:
             if not engine.take_cached(hold):
                 await engine.aadmit(hold, self._atoms)
-            self._entered(hold, sys._getframe(1))
+            self._open.append((hold, _CURRENT.set((hold, sys._getframe(1)))))
         except BaseException:
             self._abandon(hold)
             raise
         return hold
 
-    def _entered(self, hold: Hold, frame: FrameType) -> None:
-        self._holds.append(hold)
-        hold._frame = frame
-        hold._token = _CURRENT.set(hold)
-
     def _abandon(self, hold: Hold) -> None:
         hold.release()
-        if hold in self._holds:
-            self._holds.remove(hold)
+        self._open = [entry for entry in self._open if entry[0] is not hold]
 
     def __exit__(
         self,
@@ -115,17 +108,20 @@ class Spend:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        holds = self._holds
+        entries = self._open
+        index = len(entries) - 1
         current = _CURRENT.get()
-        # The hold entered in this context; one left from another context ends the newest.
-        hold = current if current is not None and current in holds else holds[-1]
-        holds.remove(hold)
-        token, hold._token, hold._frame = hold._token, None, None
-        if token is not None:
-            try:  # noqa: SIM105 - contextlib.suppress costs a tenth of the whole block
-                _CURRENT.reset(token)
-            except ValueError:  # made in another context: nothing to restore here
-                pass
+        if current is not None and entries[index][0] is not current[0]:
+            # Several contexts in one Spend: end the one entered in this context.
+            for at in range(index - 1, -1, -1):
+                if entries[at][0] is current[0]:
+                    index = at
+                    break
+        hold, token = entries.pop(index)
+        try:  # noqa: SIM105 - contextlib.suppress costs a tenth of the whole block
+            _CURRENT.reset(token)
+        except ValueError:  # made in another context: nothing to restore here
+            pass
         if exc is None:
             self._engine.end(hold, self._atoms)
         else:
