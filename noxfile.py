@@ -24,7 +24,7 @@ nox.options.error_on_missing_interpreters = True
 
 def _activate_pyenv_versions() -> None:
     pyenv = shutil.which("pyenv") or shutil.which("pyenv", path=_PYENV_HOME_BIN)
-    if pyenv is None or os.environ.get("PYENV_VERSION"):
+    if pyenv is None:
         return
 
     def ask(*args: str) -> str:
@@ -46,7 +46,10 @@ def _activate_pyenv_versions() -> None:
     versions = [".".join(map(str, v)) for v in latest.values()]
     root = os.environ.setdefault("PYENV_ROOT", ask("root"))
     # The version already active stays first, so a plain ``python`` does not change.
-    os.environ["PYENV_VERSION"] = ":".join(dict.fromkeys(ask("version-name").split() + versions))
+    # (pyenv's own shim may have set PYENV_VERSION to that one version: it is extended.)
+    active = [v for v in os.environ.get("PYENV_VERSION", "").split(":") if v]
+    active = active or ask("version-name").split()
+    os.environ["PYENV_VERSION"] = ":".join(dict.fromkeys([*active, *versions]))
     # Without pyenv's shims on PATH, its interpreters are found at the end of PATH.
     bins = [os.path.join(root, "versions", version, "bin") for version in versions]
     os.environ["PATH"] = os.pathsep.join([os.environ.get("PATH", ""), *bins])

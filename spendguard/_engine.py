@@ -136,11 +136,11 @@ class Engine:
     def end_block(self, ticket: Ticket, atoms: int, exc: BaseException | None) -> None:
         """A ``spend`` block ended: released when ``exc`` carries a 402 (the provider did
         not charge, and the cached balance is dropped), else settled in full."""
-        if ends_with_402(exc):
+        if exc is not None and ends_with_402(exc):
             self.end(ticket, None)
             self.payment_required()
-        else:
-            self.end(ticket, atoms)
+        elif self.account.end(ticket, atoms) and ticket.fleet is not None:
+            self._end_fleet(ticket)
 
     def payment_required(self) -> None:
         """The provider answered 402: drop the cached balance, here and in the fleet."""

@@ -122,10 +122,7 @@ class Spend:
             _CURRENT.reset(token)
         except ValueError:  # made in another context: nothing to restore here
             pass
-        if exc is None:
-            self._engine.end(hold, self._atoms)
-        else:
-            self._engine.end_block(hold, self._atoms, exc)
+        self._engine.end_block(hold, self._atoms, exc)
 
     async def __aexit__(
         self,
