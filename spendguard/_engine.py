@@ -96,18 +96,6 @@ class Engine:
 
     # -- holding ------------------------------------------------------------------------
 
-    def take_cached(self, hold: Hold) -> bool:
-        """Hold ``hold`` from a fresh snapshot when nothing else must happen (no lookup, no
-        listener, no shared ledger); ``False`` sends the caller to :meth:`admit`."""
-        if not self.plain:
-            return False
-        now = self.clock()
-        account = self.account
-        if now >= account.next_expiry:
-            return False
-        taken = account.take_cached(hold, hold._atoms, self.floor, self.ttl, now, self.tally)
-        return taken is not None
-
     def admit(self, ticket: Ticket, amount: int) -> Outcome:
         """Hold ``amount`` for ``ticket`` through a full decision, or raise why not.
 

@@ -114,6 +114,7 @@ class SpendGuard:
         if hold_ttl is not None and _seconds(hold_ttl, "hold_ttl") == 0:
             raise ConfigurationError("hold_ttl must be positive, or None: holds never expire")
         self._provider = provider
+        self._spends: dict[tuple[object, str | None], Spend] = {}
         self._floor = _option_amount(floor, "floor")
         self._budget = None if budget is None else _option_amount(budget, "budget")
         fleet = None
@@ -272,6 +273,14 @@ class SpendGuard:
         Raises:
             ValueError: ``amount`` is negative, NaN or infinite.
         """
+        kind = type(amount)
+        if kind is int or kind is str:  # recurring amounts: one Spend each (it is reentrant)
+            block = self._spends.get((amount, label))
+            if block is None:
+                block = Spend(self._engine, *priced(amount), label)
+                if len(self._spends) < 256:
+                    self._spends[amount, label] = block
+            return block
         return Spend(self._engine, *priced(amount), label)
 
     def check(self, amount: Amount) -> Check:

@@ -58,7 +58,8 @@ class Spend:
     """The context manager returned by :meth:`SpendGuard.spend` (``with`` and ``async with``).
 
     Each entry holds anew: one ``Spend`` may be entered again after its block ended, and
-    by several threads or tasks at once, each getting a hold of its own.
+    by several threads or tasks at once, each getting a hold of its own (so a guard may
+    hand out the same ``Spend`` for the same amount and label).
     """
 
     __slots__ = ("_atoms", "_engine", "_open", "amount", "label")
@@ -70,17 +71,17 @@ class Spend:
         self.amount = amount
         self._atoms = atoms
         self.label = label
-        # Each open entry: its hold, the token that restores current_hold(), and the frame
-        # that entered it (where current_hold() finds the block).
-        self._open: list[tuple[Hold, contextvars.Token[tuple[Hold, FrameType] | None]]] = []
+        # The open entries: each hold with the token that restores current_hold(). Dict
+        # operations are atomic, so threads sharing this Spend never see one half done.
+        self._open: dict[Hold, contextvars.Token[tuple[Hold, FrameType] | None]] = {}
 
     def __enter__(self) -> Hold:
         engine = self._engine
         hold = Hold(engine, self.amount, self._atoms, self.label)
         try:
-            if not engine.take_cached(hold):
+            if not self._take_cached(hold):
                 engine.admit(hold, self._atoms)
-            self._open.append((hold, _CURRENT.set((hold, sys._getframe(1)))))
+            self._open[hold] = _CURRENT.set((hold, sys._getframe(1)))
         except BaseException:
             self._abandon(hold)
             raise
@@ -90,17 +91,29 @@ class Spend:
         engine = self._engine
         hold = Hold(engine, self.amount, self._atoms, self.label)
         try:
-            if not engine.take_cached(hold):
+            if not self._take_cached(hold):
                 await engine.aadmit(hold, self._atoms)
-            self._open.append((hold, _CURRENT.set((hold, sys._getframe(1)))))
+            self._open[hold] = _CURRENT.set((hold, sys._getframe(1)))
         except BaseException:
             self._abandon(hold)
             raise
         return hold
 
+    def _take_cached(self, hold: Hold) -> bool:
+        """Hold from a fresh snapshot when nothing else must happen (no lookup, listener or
+        shared ledger); ``False`` sends the caller to the full decision."""
+        engine = self._engine
+        account, now = engine.account, hold.created_at
+        return (
+            engine.plain
+            and now < account.next_expiry
+            and account.take_cached(hold, self._atoms, engine.floor, engine.ttl, now, engine.tally)
+            is not None
+        )
+
     def _abandon(self, hold: Hold) -> None:
         hold.release()
-        self._open = [entry for entry in self._open if entry[0] is not hold]
+        self._open.pop(hold, None)
 
     def __exit__(
         self,
@@ -108,21 +121,20 @@ class Spend:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        entries = self._open
-        index = len(entries) - 1
         current = _CURRENT.get()
-        if current is not None and entries[index][0] is not current[0]:
-            # Several contexts in one Spend: end the one entered in this context.
-            for at in range(index - 1, -1, -1):
-                if entries[at][0] is current[0]:
-                    index = at
-                    break
-        hold, token = entries.pop(index)
+        if current is not None and current[0] in self._open:
+            hold = current[0]
+            token = self._open.pop(hold)
+        else:  # left in another context than it was entered in: end the newest
+            hold, token = self._open.popitem()
         try:  # noqa: SIM105 - contextlib.suppress costs a tenth of the whole block
             _CURRENT.reset(token)
         except ValueError:  # made in another context: nothing to restore here
             pass
-        self._engine.end_block(hold, self._atoms, exc)
+        if exc is None:
+            self._engine.end(hold, self._atoms)
+        else:
+            self._engine.end_block(hold, self._atoms, exc)
 
     async def __aexit__(
         self,
