@@ -132,19 +132,27 @@ if op == 'beat' then
       create(state, holds, expiry)
       created = '1'
     end
+    -- Holds are re-announced only while the state recovers from a loss: outside that
+    -- window a missing hold was ended (its beat raced its end) and must stay ended.
+    local recovering = created == '1'
+      or now < tonumber(redis.call('HGET', state, 'recover_until') or '0')
     local answer = {created}
     local added, first = 0, nil
     for _ = 1, n do
       local id, amount, at = A[a], A[a + 1], now + tonumber(A[a + 2])
       a = a + 3
-      if redis.call('HSETNX', holds, id, amount) == 1 then
-        added = added + tonumber(amount)
-        answer[#answer + 1] = id
-        if not first or at < first then
-          first = at
+      if recovering then
+        if redis.call('HSETNX', holds, id, amount) == 1 then
+          added = added + tonumber(amount)
+          answer[#answer + 1] = id
+          if not first or at < first then
+            first = at
+          end
         end
+        redis.call('ZADD', expiry, text(at), id)
+      else
+        redis.call('ZADD', expiry, 'XX', text(at), id)
       end
-      redis.call('ZADD', expiry, text(at), id)
     end
     if added > 0 then
       redis.call('HINCRBY', state, 'held', text(added))
