@@ -102,8 +102,8 @@ INSERT_HOLD = (
 )
 END_HOLD = (
     "UPDATE spendguard_accounts SET held = held - COALESCE("
-    "(SELECT amount FROM spendguard_holds WHERE id = ?1 AND account = ?2), 0), "
-    "spent = MIN(spent + ?3, ?4) WHERE account = ?2"
+    "(SELECT amount FROM spendguard_holds WHERE id = :hold AND account = :account), 0), "
+    "spent = MIN(spent + :spent, :cap) WHERE account = :account"
 )
 DELETE_OWN_HOLD = "DELETE FROM spendguard_holds WHERE id = ? AND account = ?"
 RENEW_HOLD = (
@@ -111,8 +111,8 @@ RENEW_HOLD = (
     "WHERE id = ? AND account = ? AND expires_at > ?"
 )
 EARLIER_EXPIRY = (
-    "UPDATE spendguard_accounts SET next_expiry = MIN(COALESCE(next_expiry, ?1), ?1) "
-    "WHERE account = ?2"
+    "UPDATE spendguard_accounts SET next_expiry = MIN(COALESCE(next_expiry, :at), :at) "
+    "WHERE account = :account"
 )
 BEAT_HOLD = (
     "UPDATE spendguard_holds SET expires_at = MIN(COALESCE(deadline, ?), ?) "

@@ -321,7 +321,7 @@ class SQLiteLedger:
         if hold_id is None and not spent:
             return
         # Plain statements, no row read into Python: the write lock is held for less time.
-        ending = (hold_id, account_id, spent, _SUM_CAP)
+        ending = {"hold": hold_id, "account": account_id, "spent": spent, "cap": _SUM_CAP}
         with self._write("end") as connection:
             if not connection.execute(sql.END_HOLD, ending).rowcount:
                 connection.execute(sql.INSERT_ACCOUNT, (account_id,))
@@ -348,7 +348,7 @@ class SQLiteLedger:
                 sql.RENEW_HOLD, (deadline, expires_at, hold_id, account_id, now)
             ).rowcount
             if renewed:  # a shorter hold_ttl may bring the expiry forward
-                connection.execute(sql.EARLIER_EXPIRY, (expires_at, account_id))
+                connection.execute(sql.EARLIER_EXPIRY, {"at": expires_at, "account": account_id})
         return renewed == 1
 
     def invalidate(self, account_id: str) -> None:
