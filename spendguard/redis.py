@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import itertools
-import json
 import logging
 import math
 import os
@@ -44,14 +43,13 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra ins
 
 from ._check import Check, Source
 from ._errors import (
-    AuthenticationError,
-    BalanceUnavailable,
     ConfigurationError,
     LedgerError,
     ProviderError,
 )
 from ._heartbeat import Heartbeat
 from ._ledger import Admission
+from ._lookup_failure import failure_record, rebuild_failure
 from ._redis_scripts import SCRIPT, SHA
 
 __all__ = ["MAX_AMOUNT", "SCALE", "RedisLedger"]
@@ -80,9 +78,6 @@ _SEP = "\x1f"  # between packed arguments and reply fields: never in ids, number
 _MAX_ACCOUNTS = 4096  # account keys remembered
 _CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 _POLICIES = ("raise", "local")
-_ERRORS: dict[str, type[ProviderError]] = {
-    cls.__name__: cls for cls in (ProviderError, AuthenticationError, BalanceUnavailable)
-}
 
 # What the heartbeat keeps per open hold: account, amount in units, expiry in µs, and the
 # time.monotonic() after which the hold's own hold_ttl has run out (inf: never).
@@ -568,7 +563,7 @@ class RedisLedger:
         try:
             check = lookup(amount + _amount(reply[3]) + floor)
         except ProviderError as exc:
-            self._give_up(account_id, token, _failure_record(exc))
+            self._give_up(account_id, token, failure_record(exc))
             raise
         except BaseException:
             self._give_up(account_id, token, "")
@@ -602,7 +597,7 @@ class RedisLedger:
 
     def _raise_for(self, status: str, reply: list[str]) -> None:
         if status == "failed":
-            raise _rebuild_failure(reply[5])
+            raise rebuild_failure(reply[5])
         if status != "wait":
             raise LedgerError(f"unexpected answer from the ledger: {status!r}", ledger=self._where)
 
@@ -693,36 +688,6 @@ def _positive_seconds(value: float, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:
         raise ConfigurationError(f"{name} must be a positive number of seconds, got {value!r}")
     return float(value)
-
-
-def _failure_record(exc: ProviderError) -> str:
-    kind = type(exc).__name__ if type(exc).__name__ in _ERRORS else "ProviderError"
-    return json.dumps(
-        {
-            "type": kind,
-            "message": exc.message,
-            "provider": exc.provider,
-            "status": exc.status,
-            "code": exc.code,
-        }
-    )
-
-
-def _rebuild_failure(record: str) -> ProviderError:
-    """The error another process's lookup met, rebuilt from plain data (never unpickled)."""
-    try:
-        data = json.loads(record)
-        cls = _ERRORS.get(data["type"], ProviderError)
-        status = data.get("status")
-        code = data.get("code")
-        return cls(
-            f"{data['message']} (met by another process's lookup)",
-            provider=str(data["provider"]),
-            status=status if isinstance(status, int) else None,
-            code=code if isinstance(code, str) else None,
-        )
-    except (ValueError, KeyError, TypeError):
-        return BalanceUnavailable("another process's lookup failed", provider="unknown")
 
 
 def _describe(client: Client) -> str:
