@@ -365,7 +365,10 @@ class Account:
         if not ended:
             return fleet
         with self.lock:
-            while ended:
+            # A `for`, not a `while`: CPython 3.13 leaves a `while` loop's backward jump
+            # outside the `with` block's exception handler, so an interrupt landing there
+            # would leave the lock held.
+            for _ in range(len(ended)):
                 ticket = ended[0]
                 if ticket.phase == HELD:
                     ticket.phase = ENDED

@@ -90,7 +90,9 @@ def steps(guard: sg.SpendGuard, clock: Clock) -> dict[str, Callable[[], object]]
                 pass
 
     def run_async() -> None:
-        # A fresh loop each time: an interrupt inside asyncio may leave a loop unusable.
+        # A fresh loop each time: an interrupt inside asyncio's own bookkeeping may leave a
+        # loop unusable, and the thread marked as running one (asyncio's, not the guard's).
+        asyncio.events._set_running_loop(None)
         loop = asyncio.new_event_loop()
         try:
             loop.run_until_complete(agenerate())
