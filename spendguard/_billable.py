@@ -43,6 +43,7 @@ ERROR_BODY_LIMIT = 64 * 1024
 RODIN_ROUTE = "/api/v2/rodin"
 RUN_ROUTE = "/v1/run"
 _GLOB_CHARS = frozenset("*?[")
+_SEEN_LIMIT = 1024
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 Quote: TypeAlias = tuple[Decimal, bool]
@@ -105,7 +106,16 @@ class PriceList:
         TypeError: ``guard`` is not a :class:`~spendguard.SpendGuard`.
     """
 
-    __slots__ = ("_builtin", "_exact", "_globs", "guard", "keys", "max_cost", "rodin_prices")
+    __slots__ = (
+        "_builtin",
+        "_exact",
+        "_globs",
+        "_seen",
+        "guard",
+        "keys",
+        "max_cost",
+        "rodin_prices",
+    )
 
     def __init__(
         self,
@@ -127,9 +137,22 @@ class PriceList:
         self.keys = tuple(prices or ())
         self._exact, self._globs = _routes(prices or {})
         self._builtin = _builtin_route(guard)
+        # Routes already matched: a client sends to few URLs, and matching one costs a
+        # tenth of a loopback request's time in the guard's benchmark.
+        self._seen: dict[tuple[str, str], Route] = {}
 
     def route(self, method: str, url: str) -> Route:
         """Where ``method url`` falls: a price of the caller's, a built-in, or free."""
+        seen = self._seen.get((method, url))
+        if seen is not None:
+            return seen
+        route = self._match(method, url)
+        if len(self._seen) >= _SEEN_LIMIT:
+            self._seen.clear()
+        self._seen[method, url] = route
+        return route
+
+    def _match(self, method: str, url: str) -> Route:
         parts = urlsplit(url)
         path = normal_path(parts.path)
         target = normal_url(parts.scheme, parts.netloc, path)
@@ -155,7 +178,10 @@ class PriceList:
         if route is None:
             route = self.route(request.method, request.url)
         if route.found:
-            price = route.price(request.native) if callable(route.price) else route.price
+            price = route.price
+            if not callable(price):
+                return None if price is None else (price, False)
+            price = price(request.native)
             if price is None:
                 return None
             name = f"the price of {request.method} {normal_path(urlsplit(request.url).path)}"
@@ -209,10 +235,10 @@ class PriceList:
 # -- outcomes ------------------------------------------------------------------------------
 
 
-def end_on_answer(hold: Hold, status: int, charged: Decimal) -> bool:
+def end_on_answer(hold: Hold, status: int, charged: Decimal | None) -> bool:
     """End ``hold`` for an answer with ``status``; ``True`` when it is a 402 (released: the
-    caller raises :func:`payment_refusal`). A 2xx settles at ``charged``; any other status
-    releases."""
+    caller raises :func:`payment_refusal`). A 2xx settles at ``charged`` (``None``: the
+    cost held, with no conversion on the hot path); any other status releases."""
     if 200 <= status < 300:
         hold.settle(charged)
         return False
@@ -220,18 +246,18 @@ def end_on_answer(hold: Hold, status: int, charged: Decimal) -> bool:
     return status == 402
 
 
-def charged_by(content: bytes, cost: Decimal) -> Decimal:
-    """What an Orthogonal ``/v1/run`` answer says was charged, else ``cost``.
+def charged_by(content: bytes) -> Decimal | None:
+    """What an Orthogonal ``/v1/run`` answer says was charged, else ``None``.
 
     An answer that arrived but says nothing usable (no price, ``1e999999999``, HTML)
-    settles at ``cost``: the request was sent and paid for.
+    settles at the cost held (``None``): the request was sent and paid for.
     """
     try:
         body = decode(content)
         price = parse_orthogonal_price(body.get("price")) if isinstance(body, dict) else None
     except SpendGuardError:
         price = None
-    return cost if price is None else price
+    return price
 
 
 def end_on_failure(

@@ -200,10 +200,10 @@ class GuardedAdapter(HTTPAdapter):
                 if failure is exc:
                     raise
                 raise failure from None
-            charged = cost
+            charged: Decimal | None = None
             if 200 <= response.status_code < 300 and priced_by_answer and not stream:
                 try:
-                    charged = charged_by(response.content, cost)
+                    charged = charged_by(response.content)
                 except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
                     # Raised once the hold is settled, as requests would raise it reading
                     # the body.
