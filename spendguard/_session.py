@@ -94,8 +94,9 @@ class GuardedAdapter(HTTPAdapter):
         prices: Route prices, see above; they override the built-ins.
         max_cost: What to hold for a request whose price is dynamic (known only after
             the call). Without it such a request is refused with ConfigurationError.
-        rodin_prices: The Rodin price table for the built-in; :data:`RODIN_PRICES`
-            by default. Extend it to use ``Detail`` or ``Smooth``.
+        rodin_prices: The Rodin price table for the built-in;
+            :data:`~spendguard.pricing.RODIN_PRICES` by default. Extend it to use ``Detail``
+            or ``Smooth``.
         pool_connections: As for ``HTTPAdapter``.
         pool_maxsize: As for ``HTTPAdapter``.
         pool_block: As for ``HTTPAdapter``.
