@@ -36,6 +36,7 @@ RoutePrices: TypeAlias = Mapping[str, Amount | RequestCost | None]
 """``"METHOD pattern"`` to a fixed amount, a :data:`RequestCost`, or ``None`` (free)."""
 
 _NO_RETRIES = Retry(0, read=False)
+_RECENT_KEYS = 16
 
 
 class GuardedAdapter(HTTPAdapter):
@@ -122,6 +123,10 @@ class GuardedAdapter(HTTPAdapter):
     ) -> None:
         self._prices = PriceList(guard, prices, max_cost, rodin_prices)
         self._guard = guard
+        # The keys recently sent, kept alive: a redirect the Session follows after a
+        # billable answer is sent without the key, to wherever the answer said, and its
+        # URL may echo the key into errors and the HTTP stack's logs.
+        self._recent: dict[str, Secret] = {}
         scrub_http_logs()
         super().__init__(
             pool_connections=pool_connections,
@@ -185,10 +190,18 @@ class GuardedAdapter(HTTPAdapter):
         # Registered while the request is in flight: log records of the HTTP stack that
         # quote this key (an echoed status line) are scrubbed.
         key = _bearer_key(request)
+        if key is not None:
+            self._remember(key)
         outgoing = _Prepared(request)
         quote = self._prices.quote(outgoing)
         if quote is None:
-            return super().send(request, stream, timeout, verify, cert, proxies)
+            try:
+                return super().send(request, stream, timeout, verify, cert, proxies)
+            except Exception as exc:
+                failure = self._scrubbed_free(exc, request)
+                if failure is exc:
+                    raise
+                raise failure from None
         cost, priced_by_answer = quote
         refused: str | None = None
         unread: Exception | None = None
@@ -231,6 +244,24 @@ class GuardedAdapter(HTTPAdapter):
 
     def __repr__(self) -> str:
         return self._prices.describe(type(self).__name__)
+
+    def _remember(self, key: Secret) -> None:
+        recent = self._recent
+        if key.reveal() not in recent:
+            if len(recent) >= _RECENT_KEYS:
+                del recent[next(iter(recent))]
+            recent[key.reveal()] = key
+
+    def _scrubbed_free(self, exc: Exception, request: requests.PreparedRequest) -> BaseException:
+        """:func:`_scrubbed`, for a free request: with its own key, else with each key
+        this adapter sent recently."""
+        if _bearer_key(request) is not None:
+            return _scrubbed(exc, request)
+        for key in list(self._recent.values()):
+            failure = _scrubbed(exc, request, key)
+            if failure is not exc:
+                return failure
+        return exc
 
 
 class GuardedSession(requests.Session):
@@ -338,10 +369,13 @@ def _error_body(response: requests.Response) -> bytes:
     return raw
 
 
-def _scrubbed(exc: BaseException, request: requests.PreparedRequest) -> BaseException:
+def _scrubbed(
+    exc: BaseException, request: requests.PreparedRequest, key: Secret | None = None
+) -> BaseException:
     """``exc`` with its frames' locals cleared; a ``requests`` error whose text holds part
-    of the request's key is replaced by one of the same type with that text scrubbed."""
-    key = _bearer_key(request)
+    of the key (the request's, by default) is replaced by one of the same type with that
+    text scrubbed."""
+    key = key or _bearer_key(request)
     clean = scrub_error(exc, key)
     if clean is exc or key is None or not isinstance(exc, requests.RequestException):
         return exc
