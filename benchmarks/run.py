@@ -396,6 +396,101 @@ def network(sustain: float) -> float:
     return statistics.median(one)
 
 
+# -- 3b. guarded httpx clients --------------------------------------------------------
+
+
+def http_clients(number: int, rounds: int) -> None:
+    """A request through a guarded httpx client beside the same request through a plain
+    one, on loopback to the simulator in a process of its own (so that its work does not
+    share this process's GIL), with the guard's balance cached: the guard prices the
+    request, holds its cost and settles it."""
+    import httpx
+
+    from spendguard.httpx import AsyncGuardedTransport, GuardedTransport
+
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "spendguard",
+            "simulate",
+            "--port",
+            "0",
+            "--provider",
+            "hyper3d",
+            "--hyper3d-credits",
+            "1000000000",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert server.stdout is not None
+        base = server.stdout.readline().rsplit(" ", 1)[-1].strip()
+        key = "sim-test-key"
+        provider = sg.Hyper3D(key, base_url=base)
+        guard = sg.SpendGuard(provider, ttl=1e9)
+        guard.balance()
+        prices = {"GET /api/v2/check_balance": "0.001"}
+        url = f"{base}/api/v2/check_balance"
+        auth = {"Authorization": f"Bearer {key}"}
+        plain = httpx.Client(headers=auth)
+        guarded = httpx.Client(transport=GuardedTransport(guard, prices=prices), headers=auth)
+        sync = interleaved_ns(
+            [("plain", lambda: plain.get(url)), ("guarded", lambda: guarded.get(url))],
+            number,
+            rounds,
+        )
+        plain.close()
+        guarded.close()
+
+        async def measure() -> dict[str, list[float]]:
+            transport = AsyncGuardedTransport(guard, prices=prices)
+            async with (
+                httpx.AsyncClient(headers=auth) as aplain,
+                httpx.AsyncClient(transport=transport, headers=auth) as aguarded,
+            ):
+                out: dict[str, list[float]] = {"plain": [], "guarded": []}
+                candidates = [("plain", aplain), ("guarded", aguarded)]
+                for _, http in candidates:
+                    await http.get(url)
+                for _ in range(rounds):
+                    for name, http in candidates:
+                        start = time.perf_counter()
+                        for _ in range(number):
+                            await http.get(url)
+                        out[name].append((time.perf_counter() - start) / number * 1e9)
+                return out
+
+        asynchronous = asyncio.run(measure())
+        provider.close()
+        held = guard.held
+    finally:
+        server.terminate()
+        server.wait()
+    if held:
+        failures.append(f"the guarded httpx clients left {held} held")
+    rows = []
+    for face, figures in (("httpx.Client", sync), ("httpx.AsyncClient", asynchronous)):
+        plain_ns, guarded_ns = min(figures["plain"]), min(figures["guarded"])
+        ratio = guarded_ns / plain_ns
+        rows.append(
+            (
+                face,
+                f"{plain_ns / 1000:,.0f} us",
+                f"{guarded_ns / 1000:,.0f} us",
+                f"{ratio:.3f}",
+                verdict(ratio <= 1.05),
+            )
+        )
+    table(
+        "Guarded httpx client vs plain httpx client (loopback, cached balance, best round)",
+        ("client", "plain", "guarded", "guarded / plain", "<= 1.05"),
+        rows,
+    )
+
+
 # -- 4. batches ----------------------------------------------------------------------
 
 
@@ -512,6 +607,7 @@ def main(argv: list[str] | None = None) -> int:
         f"\none real lookup over loopback HTTP: {lookup_ns / 1000:,.0f} us = "
         f"{lookup_ns / best['@guard (sync)']:,.0f} cached @guard decisions"
     )
+    http_clients(number=100 if quick else 200, rounds=5 if quick else 30)
     batches(items=10_000)
     memory(calls=100_000 if quick else 1_000_000)
     ledger(quick)

@@ -162,10 +162,11 @@ _filter_lock = threading.Lock()
 _filter = ScrubRecords()
 
 
-def scrub_http_logs() -> None:
-    """Attach :class:`ScrubRecords` to the HTTP stack's loggers, once per process."""
+def scrub_http_logs(names: tuple[str, ...] = _FILTERED_LOGGERS) -> None:
+    """Attach :class:`ScrubRecords` to the HTTP stack's loggers (urllib3's by default),
+    once per process."""
     with _filter_lock:
-        for name in _FILTERED_LOGGERS:
+        for name in names:
             logger = logging.getLogger(name)
             if _filter not in logger.filters:
                 logger.addFilter(_filter)

@@ -24,6 +24,8 @@ from ._provider import Provider
 from ._spend import Spend
 
 if TYPE_CHECKING:
+    import httpx
+
     from ._ledger import Ledger
     from ._session import GuardedSession, RoutePrices
 
@@ -382,6 +384,36 @@ class SpendGuard:
         from ._session import GuardedSession
 
         return GuardedSession(self, prices, max_cost=max_cost)
+
+    def httpx_client(self, **client_kwargs: Any) -> httpx.Client:
+        """An ``httpx.Client`` whose billable requests this guard prices and holds.
+
+        Shorthand for ``httpx.Client(transport=GuardedTransport(guard), **client_kwargs)``;
+        see :class:`spendguard.httpx.GuardedTransport`. ``prices``, ``rodin_prices`` and
+        ``max_cost`` go to the transport, and a ``transport`` given is the one it wraps.
+
+        Raises:
+            ImportError: httpx is not installed (``pip install 'spendguard-preflight[httpx]'``).
+            ConfigurationError: A price key or amount is malformed.
+        """
+        from .httpx import _client
+
+        return _client(self, client_kwargs)
+
+    def async_httpx_client(self, **client_kwargs: Any) -> httpx.AsyncClient:
+        """An ``httpx.AsyncClient`` whose billable requests this guard prices and holds.
+
+        Shorthand for ``httpx.AsyncClient(transport=AsyncGuardedTransport(guard), ...)``;
+        see :class:`spendguard.httpx.AsyncGuardedTransport`. ``prices``, ``rodin_prices``
+        and ``max_cost`` go to the transport, and a ``transport`` given is the one it wraps.
+
+        Raises:
+            ImportError: httpx is not installed (``pip install 'spendguard-preflight[httpx]'``).
+            ConfigurationError: A price key or amount is malformed.
+        """
+        from .httpx import _async_client
+
+        return _async_client(self, client_kwargs)
 
     def __repr__(self) -> str:
         budget = "None" if self._budget is None else repr(str(self._budget))

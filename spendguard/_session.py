@@ -2,15 +2,9 @@
 
 from __future__ import annotations
 
-import json
-import logging
 from collections.abc import Callable, Mapping
 from decimal import Decimal
-from email.message import Message
-from email.utils import collapse_rfc2231_value
-from fnmatch import fnmatchcase
-from typing import Any, TypeAlias
-from urllib.parse import parse_qsl, unquote, urlsplit
+from typing import TypeAlias
 
 import requests
 import urllib3
@@ -18,17 +12,22 @@ from requests.adapters import DEFAULT_POOLBLOCK, DEFAULT_POOLSIZE, HTTPAdapter
 from urllib3.exceptions import ClosedPoolError, ConnectTimeoutError, MaxRetryError
 from urllib3.util import Retry
 
-from ._answer import MaskedHeader, Secret, decode, describe_error, scrub_http_logs
-from ._errors import ConfigurationError, InsufficientCredits, SpendGuardError
+from ._answer import MaskedHeader, Secret, scrub_http_logs
+from ._billable import (
+    ERROR_BODY_LIMIT,
+    PriceList,
+    bearer_key,
+    charged_by,
+    end_on_answer,
+    end_on_failure,
+    payment_message,
+    payment_refusal,
+)
+from ._errors import ConfigurationError
 from ._guard import SpendGuard
-from ._hold import Hold
 from ._http import scrub_error
-from ._hyper3d import Hyper3D
-from ._money import Amount, format_amount, to_amount
-from ._orthogonal import Orthogonal
-from .pricing import RODIN_PRICES, RodinPrices, UnknownPrice, parse_orthogonal_price
-
-log = logging.getLogger("spendguard")
+from ._money import Amount
+from .pricing import RodinPrices, UnknownPrice
 
 RequestCost: TypeAlias = Callable[[requests.PreparedRequest], Amount | None]
 """A callable pricing one ``PreparedRequest``: an amount, or ``None`` for free."""
@@ -37,14 +36,7 @@ RoutePrices: TypeAlias = Mapping[str, Amount | RequestCost | None]
 """``"METHOD pattern"`` to a fixed amount, a :data:`RequestCost`, or ``None`` (free)."""
 
 _NO_RETRIES = Retry(0, read=False)
-_GLOB_CHARS = frozenset("*?[")
-_ERROR_BODY_LIMIT = 64 * 1024
-_RODIN_ROUTE = "/api/v2/rodin"
-_RUN_ROUTE = "/v1/run"
-_DEFAULT_PORTS = {"http": 80, "https": 443}
-
-# What sending a request holds, and whether its answer's ``price`` says what was charged.
-_Quote = tuple[Decimal, bool]
+_RECENT_KEYS = 16
 
 
 class GuardedAdapter(HTTPAdapter):
@@ -103,8 +95,9 @@ class GuardedAdapter(HTTPAdapter):
         prices: Route prices, see above; they override the built-ins.
         max_cost: What to hold for a request whose price is dynamic (known only after
             the call). Without it such a request is refused with ConfigurationError.
-        rodin_prices: The Rodin price table for the built-in; :data:`RODIN_PRICES`
-            by default. Extend it to use ``Detail`` or ``Smooth``.
+        rodin_prices: The Rodin price table for the built-in;
+            :data:`~spendguard.pricing.RODIN_PRICES` by default. Extend it to use ``Detail``
+            or ``Smooth``.
         pool_connections: As for ``HTTPAdapter``.
         pool_maxsize: As for ``HTTPAdapter``.
         pool_block: As for ``HTTPAdapter``.
@@ -128,19 +121,12 @@ class GuardedAdapter(HTTPAdapter):
         pool_maxsize: int = DEFAULT_POOLSIZE,
         pool_block: bool = DEFAULT_POOLBLOCK,
     ) -> None:
-        if not isinstance(guard, SpendGuard):
-            raise TypeError(f"guard must be a spendguard.SpendGuard, got {type(guard).__name__}")
-        if rodin_prices is not None and not isinstance(rodin_prices, RodinPrices):
-            raise ConfigurationError(
-                f"rodin_prices must be a spendguard.pricing.RodinPrices, "
-                f"got {type(rodin_prices).__name__}"
-            )
+        self._prices = PriceList(guard, prices, max_cost, rodin_prices)
         self._guard = guard
-        self._max_cost = None if max_cost is None else _amount(max_cost, "max_cost")
-        self._rodin_prices = rodin_prices or RODIN_PRICES
-        self._keys = tuple(prices or ())
-        self._exact, self._globs = _routes(prices or {})
-        self._builtin = _builtin_route(guard)
+        # The keys recently sent, kept alive: a redirect the Session follows after a
+        # billable answer is sent without the key, to wherever the answer said, and its
+        # URL may echo the key into errors and the HTTP stack's logs.
+        self._recent: dict[str, Secret] = {}
         scrub_http_logs()
         super().__init__(
             pool_connections=pool_connections,
@@ -157,7 +143,7 @@ class GuardedAdapter(HTTPAdapter):
     @property
     def max_cost(self) -> Decimal | None:
         """What a dynamically priced request holds, if anything."""
-        return self._max_cost
+        return self._prices.max_cost
 
     @property
     def max_retries(self) -> Retry:
@@ -180,7 +166,7 @@ class GuardedAdapter(HTTPAdapter):
                 Rodin tier, a dynamic price without ``max_cost``, an unreadable body).
             ProviderError: Orthogonal's price could not be looked up.
         """
-        quote = self._quote(request)
+        quote = self._prices.quote(_Prepared(request))
         return None if quote is None else quote[0]
 
     def send(  # noqa: PLR0917 - HTTPAdapter.send's signature
@@ -203,10 +189,19 @@ class GuardedAdapter(HTTPAdapter):
         _mask_authorization(request)
         # Registered while the request is in flight: log records of the HTTP stack that
         # quote this key (an echoed status line) are scrubbed.
-        key = _bearer_key(request)  # noqa: F841
-        quote = self._quote(request)
+        key = _bearer_key(request)
+        if key is not None:
+            self._remember(key)
+        outgoing = _Prepared(request)
+        quote = self._prices.quote(outgoing)
         if quote is None:
-            return super().send(request, stream, timeout, verify, cert, proxies)
+            try:
+                return super().send(request, stream, timeout, verify, cert, proxies)
+            except Exception as exc:
+                failure = self._scrubbed_free(exc, request)
+                if failure is exc:
+                    raise
+                raise failure from None
         cost, priced_by_answer = quote
         refused: str | None = None
         unread: Exception | None = None
@@ -214,26 +209,24 @@ class GuardedAdapter(HTTPAdapter):
             try:
                 response = super().send(request, stream, timeout, verify, cert, proxies)
             except BaseException as exc:
-                self._end_after_failure(hold, request, exc)
+                end_on_failure(self._guard, hold, outgoing, exc, never_sent=_never_sent(exc))
                 failure = _scrubbed(exc, request)
                 if failure is exc:
                     raise
                 raise failure from None
-            status = response.status_code
-            if 200 <= status < 300:
-                charged = cost
-                if priced_by_answer and not stream:
-                    charged, unread = self._charged(response, cost)
-                hold.settle(charged)
-            elif status == 402:
-                hold.release()
-                refused = self._payment_message(request, response)
-            else:
-                hold.release()
+            charged: Decimal | None = None
+            if 200 <= response.status_code < 300 and priced_by_answer and not stream:
+                try:
+                    charged = charged_by(response.content)
+                except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
+                    # Raised once the hold is settled, as requests would raise it reading
+                    # the body.
+                    response.close()
+                    unread = exc
+            if end_on_answer(hold, response.status_code, charged):
+                refused = payment_message(_error_body(response), key)
         if refused is not None:
-            refusal = self._payment_refusal(cost, refused)
-            log.warning("%s; the cached balance is dropped", refusal)
-            raise refusal
+            raise payment_refusal(self._guard, cost, refused)
         if unread is not None:
             raise _scrubbed(unread, request) from None
         if not stream:
@@ -250,154 +243,25 @@ class GuardedAdapter(HTTPAdapter):
         return response
 
     def __repr__(self) -> str:
-        max_cost = "None" if self._max_cost is None else repr(str(self._max_cost))
-        return (
-            f"<{type(self).__name__} {self._guard.provider.name} routes={list(self._keys)!r} "
-            f"max_cost={max_cost}>"
-        )
+        return self._prices.describe(type(self).__name__)
 
-    # -- pricing -----------------------------------------------------------------------
+    def _remember(self, key: Secret) -> None:
+        recent = self._recent
+        if key.reveal() not in recent:
+            if len(recent) >= _RECENT_KEYS:
+                del recent[next(iter(recent))]
+            recent[key.reveal()] = key
 
-    def _quote(self, request: requests.PreparedRequest) -> _Quote | None:
-        method = (request.method or "GET").upper()
-        parts = urlsplit(request.url or "")
-        path = _normal_path(parts.path)
-        url = _normal_url(parts.scheme, parts.netloc, path)
-        found, price = self._route_price(method, path, url)
-        if found:
-            if callable(price):
-                price = price(request)
-            return (
-                None if price is None else (_amount(price, f"the price of {method} {path}"), False)
-            )
-        if self._builtin is None or method != "POST" or path.lower() != self._builtin[1]:
-            return None
-        if self._builtin[0] == _RODIN_ROUTE:
-            return self._rodin_cost(request), False
-        return self._run_cost(request), True
-
-    def _route_price(self, method: str, path: str, url: str) -> tuple[bool, Any]:
-        for verb in (method, "*"):
-            for target in (path, url):
-                if (verb, target) in self._exact:
-                    return True, self._exact[verb, target]
-        for verb, pattern, price in self._globs:
-            if verb in (method, "*") and fnmatchcase(url if "://" in pattern else path, pattern):
-                return True, price
-        return False, None
-
-    def _rodin_cost(self, request: requests.PreparedRequest) -> Decimal:
-        fields = _form_fields(request, "POST /api/v2/rodin")
-        tiers = list(dict.fromkeys(t.strip() for t in fields.get("tier", []) if t.strip()))
-        addons = _addon_names(fields.get("addons", []))
-        # Several tiers in one form: which one the server reads is not documented, so
-        # hold the dearest.
-        return max(self._rodin_prices.cost(tier, addons) for tier in tiers or ["Regular"])
-
-    def _run_cost(self, request: requests.PreparedRequest) -> Decimal:
-        provider = self._guard.provider
-        assert isinstance(provider, Orthogonal)
-        payload = _json_body(request, "POST /v1/run")
-        api, path = payload.get("api"), payload.get("path")
-        if not isinstance(api, str) or not isinstance(path, str) or not api or not path:
-            raise UnknownPrice(
-                kind="request",
-                name="POST /v1/run",
-                reason="its JSON body needs 'api' and 'path' strings",
-            )
-        price = provider.price(api, path)
-        if price is not None:
-            return price
-        if self._max_cost is None:
-            raise UnknownPrice(
-                kind="request",
-                name="POST /v1/run",
-                reason=(
-                    f"orthogonal: {api} {path} has a dynamic price, known only after the "
-                    "call, so the guard cannot tell whether the account can pay for it; "
-                    "pass max_cost= to hold an upper bound for such calls"
-                ),
-            )
-        return self._max_cost
-
-    # -- outcomes ----------------------------------------------------------------------
-
-    def _charged(
-        self, response: requests.Response, cost: Decimal
-    ) -> tuple[Decimal, Exception | None]:
-        """What an Orthogonal ``/v1/run`` answer says was charged, else ``cost``; and the
-        error that broke off its body, if one did (raised once the hold is settled, as
-        ``requests`` would raise it reading the body).
-
-        An answer that arrived but says nothing usable (no price, ``1e999999999``, HTML)
-        settles at ``cost``: the request was sent and paid for, so the caller gets it.
-        """
-        try:
-            content = response.content
-        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
-            response.close()
-            return cost, exc
-        try:
-            body = decode(content)
-            price = parse_orthogonal_price(body.get("price")) if isinstance(body, dict) else None
-        except SpendGuardError:
-            price = None
-        return (cost if price is None else price), None
-
-    def _end_after_failure(
-        self, hold: Hold, request: requests.PreparedRequest, exc: BaseException
-    ) -> None:
-        if _never_sent(exc):
-            hold.release()
-            return
-        hold.settle()
-        log.warning(
-            "%s: %s %s failed after it may have been sent (%s); its %s stays counted as "
-            "spent until the next balance lookup",
-            self._guard.provider.name,
-            request.method,
-            urlsplit(request.url or "").path,
-            type(exc).__name__,
-            format_amount(hold.amount, self._guard.unit),
-        )
-
-    def _payment_message(
-        self, request: requests.PreparedRequest, response: requests.Response
-    ) -> str:
-        """The provider's words on a 402, scrubbed of the key, then cut."""
-        raw = b""
-        try:
-            for chunk in response.iter_content(8192):
-                raw += chunk
-                if len(raw) >= _ERROR_BODY_LIMIT:
-                    break
-        except Exception:
-            pass
-        finally:
-            response.close()
-        key = _bearer_key(request)
-        if key is not None:
-            raw = key.scrub_bytes(raw)
-        body = decode(raw)
-        message, _ = describe_error(body if key is None else key.scrub_json(body), raw, key)
-        return message
-
-    def _payment_refusal(self, cost: Decimal, message: str) -> InsufficientCredits:
-        """A 402 as InsufficientCredits, with what the account really has now (one fresh
-        lookup), or ``available=None`` when that cannot be had."""
-        self._guard.invalidate()
-        available: Decimal | None
-        try:
-            available = self._guard.available()
-        except SpendGuardError:
-            available = None
-        return InsufficientCredits(
-            required=cost,
-            available=available,
-            unit=self._guard.unit,
-            provider=self._guard.provider.name,
-            reason=f"{_cause_of_402(message)}; the provider answered HTTP 402: {message}",
-        )
+    def _scrubbed_free(self, exc: Exception, request: requests.PreparedRequest) -> BaseException:
+        """:func:`_scrubbed`, for a free request: with its own key, else with each key
+        this adapter sent recently."""
+        if _bearer_key(request) is not None:
+            return _scrubbed(exc, request)
+        for key in list(self._recent.values()):
+            failure = _scrubbed(exc, request, key)
+            if failure is not exc:
+                return failure
+        return exc
 
 
 class GuardedSession(requests.Session):
@@ -453,89 +317,65 @@ class GuardedSession(requests.Session):
 # -- helpers -------------------------------------------------------------------------------
 
 
-def _amount(value: object, name: str) -> Decimal:
-    try:
-        return to_amount(value, name=name)
-    except (TypeError, ValueError) as exc:
-        raise ConfigurationError(str(exc)) from None
+class _Prepared:
+    """A ``PreparedRequest`` as the pricing core reads it."""
 
+    __slots__ = ("native",)
 
-def _routes(
-    prices: RoutePrices,
-) -> tuple[dict[tuple[str, str], Any], list[tuple[str, str, Any]]]:
-    exact: dict[tuple[str, str], Any] = {}
-    globs: list[tuple[str, str, Any]] = []
-    for key, value in prices.items():
-        method, _, pattern = str(key).strip().partition(" ")
-        pattern = pattern.strip()
-        if not method or not (pattern.startswith("/") or "://" in pattern):
-            raise ConfigurationError(
-                'a price key is "METHOD /path", "METHOD https://host/path" (globs allowed) '
-                f'or "* /path" for any method, got {key!r}'
-            )
-        price = (
-            value if value is None or callable(value) else _amount(value, f"the price of {key!r}")
+    def __init__(self, request: requests.PreparedRequest) -> None:
+        self.native = request
+
+    @property
+    def method(self) -> str:
+        return (self.native.method or "GET").upper()
+
+    @property
+    def url(self) -> str:
+        return self.native.url or ""
+
+    def header(self, name: str) -> str:
+        return _header(self.native, name)
+
+    def body(self, route: str) -> bytes:
+        body = self.native.body
+        if body is None:
+            return b""
+        if isinstance(body, str):
+            return body.encode("utf-8")
+        if isinstance(body, bytes):
+            return body
+        raise UnknownPrice(
+            kind="request",
+            name=route,
+            reason=(
+                f"its body is streamed ({type(body).__name__}), so its fields cannot be read "
+                "before sending; give its price in prices="
+            ),
         )
-        if _GLOB_CHARS.isdisjoint(pattern):
-            exact[method.upper(), pattern] = price
-        else:
-            globs.append((method.upper(), pattern, price))
-    return exact, globs
 
 
-def _builtin_route(guard: SpendGuard) -> tuple[str, str] | None:
-    """The guard's provider's billable route: (route, path under its base URL)."""
-    provider = guard.provider
-    if isinstance(provider, Hyper3D):
-        route = _RODIN_ROUTE
-    elif isinstance(provider, Orthogonal):
-        route = _RUN_ROUTE
-    else:
-        return None
-    return route, _normal_path(urlsplit(provider.base_url).path + route).lower()
-
-
-def _normal_path(path: str) -> str:
-    """``path`` as a server may read it: escapes decoded, ``;params``, empty and ``.``
-    segments dropped, ``..`` resolved, no trailing slash. Decoding more than a server
-    would only prices more requests, never fewer."""
-    for _ in range(3):
-        decoded = unquote(path)
-        if decoded == path:
-            break
-        path = decoded
-    segments: list[str] = []
-    for segment in path.split("/"):
-        name = segment.partition(";")[0]
-        if name in ("", "."):
-            continue
-        if name == "..":
-            if segments:
-                segments.pop()
-            continue
-        segments.append(name)
-    return "/" + "/".join(segments)
-
-
-def _normal_url(scheme: str, netloc: str, path: str) -> str:
-    """``scheme://host[:port]path`` with scheme and host lower-cased, no default port."""
-    parts = urlsplit(f"{scheme}://{netloc}")
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
+def _error_body(response: requests.Response) -> bytes:
+    """At most the first ``ERROR_BODY_LIMIT`` bytes of a refusal's body, then closed."""
+    raw = b""
     try:
-        port = parts.port
-    except ValueError:
-        port = None
-    scheme = scheme.lower()
-    suffix = "" if port is None or port == _DEFAULT_PORTS.get(scheme) else f":{port}"
-    return f"{scheme}://{host}{suffix}{path}"
+        for chunk in response.iter_content(8192):
+            raw += chunk
+            if len(raw) >= ERROR_BODY_LIMIT:
+                break
+    except Exception:
+        pass
+    finally:
+        response.close()
+    return raw
 
 
-def _scrubbed(exc: BaseException, request: requests.PreparedRequest) -> BaseException:
+def _scrubbed(
+    exc: BaseException, request: requests.PreparedRequest, key: Secret | None = None
+) -> BaseException:
     """``exc`` with its frames' locals cleared; a ``requests`` error whose text holds part
-    of the request's key is replaced by one of the same type with that text scrubbed."""
-    key = _bearer_key(request)
+    of the key (the request's, by default) is replaced by one of the same type with that
+    text scrubbed."""
+    key = key or _bearer_key(request)
     clean = scrub_error(exc, key)
     if clean is exc or key is None or not isinstance(exc, requests.RequestException):
         return exc
@@ -560,123 +400,10 @@ def _never_sent(exc: BaseException) -> bool:
     return isinstance(reason, ConnectTimeoutError | ClosedPoolError)
 
 
-def _cause_of_402(message: str) -> str:
-    """Orthogonal's three 402s, told apart by their message."""
-    text = message.lower()
-    if "limit" in text:
-        if "key" in text:
-            return "the API key's daily spend limit is reached"
-        if "account" in text or "organization" in text:
-            return "the account's daily spend limit is reached"
-        return "a spend limit is reached"
-    return "the account's credit is insufficient"
-
-
 def _bearer_key(request: requests.PreparedRequest) -> Secret | None:
-    value = _header(request, "Authorization")
-    scheme, _, key = value.partition(" ")
-    return Secret(key.strip()) if scheme.lower() == "bearer" and key.strip() else None
+    return bearer_key(_header(request, "Authorization"))
 
 
 def _header(request: requests.PreparedRequest, name: str) -> str:
     value = request.headers.get(name, "")
     return value.decode("latin-1") if isinstance(value, bytes) else value
-
-
-def _body_bytes(request: requests.PreparedRequest, route: str) -> bytes:
-    body = request.body
-    if body is None:
-        return b""
-    if isinstance(body, str):
-        return body.encode("utf-8")
-    if isinstance(body, bytes):
-        return body
-    raise UnknownPrice(
-        kind="request",
-        name=route,
-        reason=(
-            f"its body is streamed ({type(body).__name__}), so its fields cannot be read "
-            "before sending; give its price in prices="
-        ),
-    )
-
-
-def _json_body(request: requests.PreparedRequest, route: str) -> dict[str, Any]:
-    raw = _body_bytes(request, route)
-    payload = decode(raw) if raw.strip() else {}
-    if not isinstance(payload, dict):
-        raise UnknownPrice(kind="request", name=route, reason="its body is not a JSON object")
-    return payload
-
-
-def _form_fields(request: requests.PreparedRequest, route: str) -> dict[str, list[str]]:
-    """The text fields of a multipart, urlencoded or JSON body (file parts skipped)."""
-    raw = _body_bytes(request, route)
-    if not raw.strip():
-        return {}
-    content_type = _header(request, "Content-Type")
-    kind = content_type.partition(";")[0].strip().lower()
-    if kind == "multipart/form-data":
-        return _multipart_fields(content_type, raw, route)
-    if kind == "application/x-www-form-urlencoded":
-        fields: dict[str, list[str]] = {}
-        for name, value in parse_qsl(raw.decode("utf-8", "replace"), keep_blank_values=True):
-            fields.setdefault(name, []).append(value)
-        return fields
-    if kind == "application/json" or kind.endswith("+json"):
-        return {
-            name: [str(v) for v in value] if isinstance(value, list) else [str(value)]
-            for name, value in _json_body(request, route).items()
-            if value is not None
-        }
-    raise UnknownPrice(
-        kind="request",
-        name=route,
-        reason=f"cannot read form fields from a {kind[:60] or 'untyped'} body",
-    )
-
-
-def _multipart_fields(content_type: str, raw: bytes, route: str) -> dict[str, list[str]]:
-    header = Message()
-    header["Content-Type"] = content_type
-    boundary = header.get_boundary()
-    if not boundary:
-        raise UnknownPrice(kind="request", name=route, reason="multipart body without a boundary")
-    fields: dict[str, list[str]] = {}
-    for part in raw.split(b"--" + boundary.encode("latin-1"))[1:]:
-        if part.startswith(b"--"):
-            break
-        head, found, content = part.partition(b"\r\n\r\n")
-        if not found:
-            continue
-        headers = Message()
-        for line in head.decode("utf-8", "replace").splitlines():
-            name, colon, value = line.partition(":")
-            if colon:
-                headers[name.strip()] = value.strip()
-        field = headers.get_param("name", header="content-disposition")
-        if field is None or headers.get_filename() is not None:
-            continue
-        text = collapse_rfc2231_value(field) if isinstance(field, tuple) else str(field)
-        fields.setdefault(text, []).append(content.removesuffix(b"\r\n").decode("utf-8", "replace"))
-    return fields
-
-
-def _addon_names(values: list[str]) -> list[str]:
-    """Addons as repeated fields, comma-separated, or a JSON-array string."""
-    names: list[str] = []
-    for value in values:
-        text = value.strip()
-        if text.startswith("["):
-            try:
-                items = json.loads(text)
-            except ValueError:
-                items = None
-            if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
-                raise UnknownPrice(
-                    kind="request", name="POST /api/v2/rodin", reason=f"addons {value[:80]!r}"
-                )
-        else:
-            items = text.split(",")
-        names.extend(item.strip() for item in items if item.strip())
-    return names

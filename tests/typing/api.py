@@ -13,9 +13,11 @@ from collections.abc import Coroutine
 from decimal import Decimal
 from typing import Any
 
+import httpx
 from typing_extensions import assert_type
 
 import spendguard as sg
+from spendguard.httpx import AsyncGuardedTransport, GuardedTransport
 from spendguard.pricing import RODIN_PRICES, rodin_cost
 
 guard = sg.SpendGuard(sg.Hyper3D("key"), ttl=60)
@@ -169,3 +171,12 @@ try:
 except sg.InsufficientCredits as exc:
     assert_type(exc.shortfall, Decimal | None)
     assert_type(exc.required, Decimal)
+
+
+# -- guarded httpx clients ---------------------------------------------------------------
+
+assert_type(guard.httpx_client(timeout=5), httpx.Client)
+assert_type(guard.async_httpx_client(), httpx.AsyncClient)
+httpx.Client(transport=GuardedTransport(guard, prices={"POST /v1/x": "0.25"}))
+httpx.AsyncClient(mounts={"https://": AsyncGuardedTransport(guard, max_cost="1")})
+GuardedTransport(guard, httpx.AsyncHTTPTransport())  # type: ignore[arg-type]
