@@ -90,7 +90,8 @@ class Hold(Ticket):
     @property
     def held(self) -> Decimal:
         """What it still holds, blocking others: 0 once ended or expired."""
-        return from_atoms(self._of.reserved)
+        ticket = self._of
+        return from_atoms(ticket.reserved) if ticket.phase == HELD else _ZERO
 
     def settle(self, actual: Amount | None = None) -> None:
         """Record the real cost (``amount`` by default); the hold ends.
