@@ -21,7 +21,6 @@ import threading
 import weakref
 from collections import deque
 from collections.abc import Callable
-from itertools import islice
 from typing import TYPE_CHECKING
 
 from ._check import Check, Source
@@ -357,53 +356,36 @@ class Account:
         Returns the tickets that had a shared-ledger hold, for the caller to end there
         (outside any lock: a network round trip).
 
-        Tickets leave the queue only after they were ended, and ending is idempotent:
-        whatever interrupts the loop, the tickets not yet ended are still queued. The
-        totals are written in a ``finally`` clause that makes no call, so what the loop
-        ended is counted even when a signal lands on its backward jump.
+        Each ticket leaves the queue only after it was ended, and ending is idempotent:
+        whatever interrupts the loop (a signal lands on its backward jump), the tickets
+        not yet ended are still queued.
         """
         ended = self.ended
         fleet: list[Ticket] = []
         if not ended:
             return fleet
         with self.lock:
-            # Copied in one C call: no other thread runs, so no append can race the copy.
-            tickets = list(islice(ended, len(ended)))
-            released = spent = 0
-            last: Tally | None = None
-            last_released = last_spent = 0
-            try:
-                # A `for`, not a `while`: CPython 3.13 leaves a `while` loop's backward
-                # jump outside the `with` block's handler (the lock would stay held).
-                for ticket in tickets:
-                    if ticket.phase != HELD:
-                        continue
+            # A `for`, not a `while`: CPython 3.13 leaves a `while` loop's backward jump
+            # outside the `with` block's exception handler, so an interrupt landing there
+            # would leave the lock held.
+            for _ in range(len(ended)):
+                ticket = ended[0]
+                if ticket.phase == HELD:
                     ticket.phase = ENDED
                     held = ticket.reserved
-                    released += held
+                    ticket.reserved = 0
                     tally = ticket.tally
-                    if tally is not last:
-                        if last is not None:
-                            last.held -= last_released
-                            last.spent += last_spent
-                        last, last_released, last_spent = tally, 0, 0
-                    last_released += held
+                    self.held -= held
+                    tally.held -= held
                     if ticket.charge:
                         ticket.paid = held
-                        spent += held
-                        last_spent += held
+                        self.spent += held
+                        tally.spent += held
+                        if self.limit is not None:
+                            self.limit -= held
                     if ticket.fleet is not None:
                         fleet.append(ticket)
-            finally:
-                self.held -= released
-                self.spent += spent
-                if self.limit is not None:
-                    self.limit -= spent
-                if last is not None:
-                    last.held -= last_released
-                    last.spent += last_spent
-            # Every ticket copied is ended now: they leave the queue together, in C.
-            deque(islice(iter(ended.popleft, None), len(tickets)), maxlen=0)
+                ended.popleft()
         return fleet
 
     # -- open holds and expiry -----------------------------------------------------------

@@ -90,8 +90,7 @@ class Hold(Ticket):
     @property
     def held(self) -> Decimal:
         """What it still holds, blocking others: 0 once ended or expired."""
-        ticket = self._of
-        return from_atoms(ticket.reserved) if ticket.phase == HELD else _ZERO
+        return from_atoms(self._of.reserved)
 
     def settle(self, actual: Amount | None = None) -> None:
         """Record the real cost (``amount`` by default); the hold ends.
