@@ -371,18 +371,21 @@ class Account:
             for _ in range(len(ended)):
                 ticket = ended[0]
                 if ticket.phase == HELD:
-                    ticket.phase = ENDED
+                    # Decided first, then written with no branch in between: Python 3.10
+                    # handles signals at branches too, and a write cut short must err
+                    # toward counting more spent (the ticket is ended again), never less.
                     held = ticket.reserved
-                    ticket.reserved = 0
+                    charged = held if ticket.charge else 0
                     tally = ticket.tally
+                    if self.limit is not None:
+                        self.limit -= charged
+                    self.spent += charged
+                    tally.spent += charged
+                    ticket.paid = charged
+                    ticket.phase = ENDED
+                    ticket.reserved = 0
                     self.held -= held
                     tally.held -= held
-                    if ticket.charge:
-                        ticket.paid = held
-                        self.spent += held
-                        tally.spent += held
-                        if self.limit is not None:
-                            self.limit -= held
                     if ticket.fleet is not None:
                         fleet.append(ticket)
                 ended.popleft()
