@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import sys
 import threading
@@ -294,7 +295,9 @@ def test_async_cancelled_at_every_await_holds_nothing(
                     await task
                     return steps
                 task.cancel()
-                with pytest.raises(asyncio.CancelledError):
+                # The HTTP stack may still finish a request whose answer had arrived (seen
+                # with Python 3.10): either way nothing may stay held.
+                with contextlib.suppress(asyncio.CancelledError):
                     await task
                 assert orth_guard.held == 0, steps
         raise AssertionError("the request never finished")
