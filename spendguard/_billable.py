@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from decimal import Decimal
 from email.message import Message
 from email.utils import collapse_rfc2231_value
@@ -492,3 +492,19 @@ def _addon_names(values: list[str]) -> list[str]:
             items = text.split(",")
         names.extend(item.strip() for item in items if item.strip())
     return names
+
+
+def head_of(chunks: Iterable[bytes], close: Callable[[], object]) -> bytes:
+    """At most the first :data:`ERROR_BODY_LIMIT` bytes of a refusal's body (what arrived,
+    if the body breaks off), then ``close()``: for the requests and the sync httpx face."""
+    raw = b""
+    try:
+        for chunk in chunks:
+            raw += chunk
+            if len(raw) >= ERROR_BODY_LIMIT:
+                break
+    except Exception:
+        pass
+    finally:
+        close()
+    return raw

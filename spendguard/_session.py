@@ -14,12 +14,12 @@ from urllib3.util import Retry
 
 from ._answer import MaskedHeader, Secret, scrub_http_logs
 from ._billable import (
-    ERROR_BODY_LIMIT,
     PriceList,
     bearer_key,
     charged_by,
     end_on_answer,
     end_on_failure,
+    head_of,
     payment_message,
     payment_refusal,
 )
@@ -356,17 +356,7 @@ class _Prepared:
 
 def _error_body(response: requests.Response) -> bytes:
     """At most the first ``ERROR_BODY_LIMIT`` bytes of a refusal's body, then closed."""
-    raw = b""
-    try:
-        for chunk in response.iter_content(8192):
-            raw += chunk
-            if len(raw) >= ERROR_BODY_LIMIT:
-                break
-    except Exception:
-        pass
-    finally:
-        response.close()
-    return raw
+    return head_of(response.iter_content(8192), response.close)
 
 
 def _scrubbed(

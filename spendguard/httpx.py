@@ -41,6 +41,7 @@ from ._billable import (
     charged_by,
     end_on_answer,
     end_on_failure,
+    head_of,
     payment_message,
     payment_refusal,
 )
@@ -354,17 +355,7 @@ def _read_multipart(request: httpx.Request) -> None:
 
 def _error_body(response: httpx.Response) -> bytes:
     """At most the first ``ERROR_BODY_LIMIT`` bytes of a refusal's body, then closed."""
-    raw = b""
-    try:
-        for chunk in response.iter_bytes(8192):
-            raw += chunk
-            if len(raw) >= ERROR_BODY_LIMIT:
-                break
-    except Exception:
-        pass
-    finally:
-        response.close()
-    return raw
+    return head_of(response.iter_bytes(8192), response.close)
 
 
 async def _aerror_body(response: httpx.Response) -> bytes:
