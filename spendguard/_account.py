@@ -37,6 +37,10 @@ Clock = Callable[[], float]
 # Ticket states.
 PENDING, HELD, ENDED, EXPIRED = 0, 1, 2, 3
 
+BACKLOG = 256
+"""How many ended tickets may wait in an account's ``ended`` queue before their owner ends
+them in bulk."""
+
 
 class Tally:
     """One guard's own totals on its account: its budget, what it holds and spent, and its
@@ -81,11 +85,13 @@ class Ticket:
     ``tally`` the guard it counts for; ``fleet`` its hold's name in a shared ledger (if
     any); ``charge`` whether ending it through the ``ended`` queue charges what it holds
     (a call that ran) or releases it (a call that never started, or was answered 402).
-    A decorated call makes one with ``Ticket.__new__(Ticket)`` and sets ``reserved`` and
-    ``phase``: the cheapest object Python makes; the account sets the rest when it holds.
+    ``cost`` is what ending it in full charges (a :class:`~spendguard.Hold` sets it; a
+    decorated call's ticket charges what it holds and leaves it unset). A decorated call
+    makes one with ``Ticket.__new__(Ticket)`` and sets ``reserved`` and ``phase``: the
+    cheapest object Python makes; the account sets the rest when it holds.
     """
 
-    __slots__ = ("charge", "engine", "fleet", "paid", "phase", "reserved", "tally")
+    __slots__ = ("charge", "cost", "engine", "fleet", "paid", "phase", "reserved", "tally")
 
     listed = False
     """Whether the account lists it in ``holds`` (a :class:`Hold`, which may expire)."""
@@ -95,6 +101,7 @@ class Ticket:
     tally: Tally
     fleet: str | None
     charge: bool
+    cost: int
     phase: int
     engine: Engine
 
@@ -121,8 +128,11 @@ class Account:
 
     ``ended`` queues the tickets of decorated calls that ended: appending to a deque is
     thread-safe without ``lock`` and cannot be interrupted half-way, which keeps a second
-    lock section off every guarded call. What they hold still counts as held until
-    :meth:`settle_ended` ends them, and ``balance - spent - held`` is the same either way.
+    lock section off every guarded call. ``ended_holds`` likewise queues the holds of
+    ``spend`` blocks that ended in full, with no shared-ledger hold. What they hold still
+    counts as held until :meth:`settle_ended` ends them, and ``balance - spent - held`` is
+    the same either way. A queued hold may expire meanwhile; it is then charged in full
+    all the same, as its owner's ending would have charged it.
     """
 
     __slots__ = (
@@ -133,6 +143,7 @@ class Account:
         "clock",
         "deferred",
         "ended",
+        "ended_holds",
         "failure",
         "fetched_at",
         "held",
@@ -164,6 +175,7 @@ class Account:
         self.next_expiry = math.inf
         self.deferred: list[Callable[[], None]] = []
         self.ended: deque[Ticket] = deque()
+        self.ended_holds: deque[Hold] = deque()
 
     # -- deciding from the snapshot --------------------------------------------------------
 
@@ -351,21 +363,23 @@ class Account:
             return True
 
     def settle_ended(self) -> list[Ticket]:
-        """End the tickets in ``ended``: each charges what it holds, or releases it.
+        """End the tickets in ``ended`` (each charges what it holds, or releases it) and
+        charge the holds in ``ended_holds`` in full.
 
         Returns the tickets that had a shared-ledger hold, for the caller to end there
         (outside any lock: a network round trip).
 
-        Each ticket leaves the queue only after it was ended, and ending is idempotent:
-        whatever interrupts the loop (a signal lands on its backward jump), the tickets
-        not yet ended are still queued.
+        Each ticket leaves its queue only after it was ended, and ending is idempotent:
+        whatever interrupts a loop (a signal lands on its backward jump), the tickets not
+        yet ended are still queued.
         """
-        ended = self.ended
+        ended, done = self.ended, self.ended_holds
         fleet: list[Ticket] = []
-        if not ended:
+        if not ended and not done:
             return fleet
+        holds = self.holds
         with self.lock:
-            # A `for`, not a `while`: CPython 3.13 leaves a `while` loop's backward jump
+            # `for`, not `while`: CPython 3.13 leaves a `while` loop's backward jump
             # outside the `with` block's exception handler, so an interrupt landing there
             # would leave the lock held.
             for _ in range(len(ended)):
@@ -389,6 +403,24 @@ class Account:
                     if ticket.fleet is not None:
                         fleet.append(ticket)
                 ended.popleft()
+            for _ in range(len(done)):
+                hold = done[0]
+                if hold.phase != ENDED:  # held, or expired while queued
+                    held = hold.reserved  # 0 once expired: only the charge is left
+                    charged = hold.cost
+                    tally = hold.tally
+                    if self.limit is not None:
+                        self.limit -= charged
+                    self.spent += charged
+                    tally.spent += charged
+                    hold.paid = charged
+                    hold.phase = ENDED
+                    hold.reserved = 0
+                    self.held -= held
+                    tally.held -= held
+                if hold in holds:
+                    del holds[hold]
+                done.popleft()
         return fleet
 
     # -- open holds and expiry -----------------------------------------------------------
@@ -411,6 +443,7 @@ class Account:
             except IndexError:
                 break
             ending()
+        self.settle_ended()
         expired: list[Hold] = []
         with self.lock:
             if now < self.next_expiry:

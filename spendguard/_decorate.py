@@ -20,8 +20,8 @@ from typing import Any
 
 import wrapt
 
-from ._account import HELD, PENDING, Ticket
-from ._engine import BACKLOG, Engine, to_atoms
+from ._account import BACKLOG, HELD, PENDING, Ticket
+from ._engine import Engine, to_atoms
 from ._money import Amount, to_amount
 from ._policy import ends_with_402
 from ._spend import CALL_CODES

@@ -36,8 +36,6 @@ log = logging.getLogger("spendguard")
 
 _ZERO = Decimal(0)
 _DEBUG = logging.DEBUG
-# How many ended calls may wait in the account's queue before they are ended in bulk.
-BACKLOG = 256
 _LOCAL_FOR = 1.0
 """Seconds a guard decides locally after a ledger error (``"local"``) before trying again."""
 _LIVE = math.inf
@@ -749,4 +747,4 @@ def to_atoms(amount: Decimal) -> int:
 _ATOMS: dict[Decimal, int] = {}
 _PRICED: dict[object, tuple[Decimal, int]] = {}
 
-__all__ = ["ATOM", "BACKLOG", "CONTEXT", "EXPIRED", "Engine", "tidy", "to_atoms"]
+__all__ = ["ATOM", "CONTEXT", "EXPIRED", "Engine", "tidy", "to_atoms"]

@@ -116,7 +116,8 @@ class SpendGuard:
         if hold_ttl is not None and _seconds(hold_ttl, "hold_ttl") == 0:
             raise ConfigurationError("hold_ttl must be positive, or None: holds never expire")
         self._provider = provider
-        self._spends: dict[tuple[object, str | None], Spend] = {}
+        self._spends: dict[object, Spend] = {}
+        self._labelled: dict[str, dict[object, Spend]] = {}
         self._floor = _option_amount(floor, "floor")
         self._budget = None if budget is None else _option_amount(budget, "budget")
         fleet = None
@@ -277,11 +278,14 @@ class SpendGuard:
         """
         kind = type(amount)
         if kind is int or kind is str:  # recurring amounts: one Spend each (it is reentrant)
-            block = self._spends.get((amount, label))
+            spends = self._spends if label is None else self._labelled.get(label)
+            block = None if spends is None else spends.get(amount)
             if block is None:
                 block = Spend(self._engine, *priced(amount), label)
-                if len(self._spends) < 256:
-                    self._spends[amount, label] = block
+                if spends is None and len(self._labelled) < 256:
+                    spends = self._labelled[label] = {}  # type: ignore[index]
+                if spends is not None and len(spends) < 256:
+                    spends[amount] = block
             return block
         return Spend(self._engine, *priced(amount), label)
 

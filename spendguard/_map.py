@@ -109,9 +109,9 @@ def map_items(
                 result = fn(item)
             except BaseException as exc:
                 failed.set()
-                engine.end_block(hold, hold._atoms, exc)
+                engine.end_block(hold, hold.cost, exc)
                 raise
-            engine.end_block(hold, hold._atoms, None)
+            engine.end_block(hold, hold.cost, None)
             return result
         finally:
             slots.release()
@@ -125,7 +125,7 @@ def map_items(
                     slots.release()
                     break
                 try:
-                    engine.admit(hold, hold._atoms)
+                    engine.admit(hold, hold.cost)
                 except InsufficientCredits as error:
                     slots.release()
                     refused.append(Refusal(index, item, error))
@@ -167,9 +167,9 @@ async def amap_items(
                 result = await fn(item)
             except BaseException as exc:
                 failed.set()
-                engine.end_block(hold, hold._atoms, exc)
+                engine.end_block(hold, hold.cost, exc)
                 raise
-            engine.end_block(hold, hold._atoms, None)
+            engine.end_block(hold, hold.cost, None)
             return result
         finally:
             slots.release()
@@ -183,7 +183,7 @@ async def amap_items(
                     slots.release()
                     break
                 try:
-                    await engine.aadmit(hold, hold._atoms)
+                    await engine.aadmit(hold, hold.cost)
                 except InsufficientCredits as error:
                     slots.release()
                     refused.append(Refusal(index, item, error))

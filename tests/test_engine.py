@@ -4,6 +4,7 @@ the budget reserved under every policy, decoration mistakes, and account identit
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import decimal
 import functools
 import itertools
@@ -254,6 +255,100 @@ def test_ending_a_hold_twice_is_a_no_op_never_an_error() -> None:
         hold.settle()
         hold.release()
     assert (guard.held, guard.spent, hold.state) == (0, 0, "released")
+
+
+def test_a_block_ended_in_full_reads_settled_and_stays_so() -> None:
+    """A block that ended in full is settled at once for every reader; settling or
+    releasing it afterwards changes nothing."""
+    guard = _guard(10)
+    with guard.spend(3) as hold:
+        assert hold.state == "held"
+    assert (hold.state, hold.charged, hold.held) == ("settled", 3, 0)
+    assert guard.holds() == []
+    hold.release()
+    hold.settle(1)
+    assert (hold.state, hold.charged, guard.spent, guard.held) == ("settled", 3, 3, 0)
+
+
+def test_a_queued_block_that_expired_is_still_charged_in_full() -> None:
+    """A block's end and its hold's expiry may cross: the hold expired after its block
+    queued it for charging. It is charged all the same, once."""
+    clock = FakeClock()
+    guard = _guard(10, clock=clock, hold_ttl=5)
+    engine = guard._engine
+    with guard.spend(3) as hold:
+        clock.advance(6)
+        engine.account.expire(clock())  # the sweep that runs just before the block ends
+        assert (hold.state, guard.held) == ("expired", 0)
+        engine.account.ended_holds.append(hold)  # ...and the block's end, queued meanwhile
+    assert (hold.state, hold.charged, guard.spent, guard.held) == ("settled", 3, 3, 0)
+
+
+def test_blocks_entered_through_exit_stacks_end_their_own_holds() -> None:
+    """contextlib.ExitStack enters and leaves from frames of its own: each block still
+    ends its own hold, and current_hold() inside finds it."""
+    guard = _guard(10)
+    outer = guard.spend(1)
+    with outer as first:
+        with contextlib.ExitStack() as stack:
+            second = stack.enter_context(guard.spend(2, label="stacked"))
+            assert sg.current_hold() is second
+            with outer as third:
+                assert sg.current_hold() is third
+            assert third.state == "settled"
+            assert sg.current_hold() is second
+            assert (first.state, second.state) == ("held", "held")
+        assert (first.state, second.state) == ("held", "settled")
+        assert sg.current_hold() is first
+    assert (guard.spent, guard.held) == (4, 0)
+
+    entered: list[sg.Hold] = []
+
+    async def main() -> None:
+        async with contextlib.AsyncExitStack() as stack:
+            entered.append(await stack.enter_async_context(guard.spend(1)))
+            assert sg.current_hold() is entered[0]
+            raise _payment_required()
+
+    with pytest.raises(requests.HTTPError):
+        asyncio.run(main())
+    hold = entered[0]
+    assert (hold.state, guard.spent, guard.held) == ("released", 4, 0)
+
+
+def test_one_spend_shared_by_threads_gives_each_its_own_hold() -> None:
+    """Eight threads in one Spend at once: each sees and ends its own hold."""
+    guard = _guard(100)
+    block = guard.spend(1)
+    inside = threading.Barrier(8)
+    seen: list[bool] = []
+
+    def work() -> None:
+        with block as hold:
+            inside.wait(timeout=10)
+            seen.append(sg.current_hold() is hold)
+            inside.wait(timeout=10)
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert seen == [True] * 8
+    assert (guard.spent, guard.held) == (8, 0)
+
+
+def test_leaving_a_spend_never_entered_is_an_error() -> None:
+    """An exit with no open block is a RuntimeError naming the Spend; nothing changes."""
+    guard = _guard(10)
+    block = guard.spend(2)
+    with pytest.raises(RuntimeError, match="left more times than it was entered"):
+        block.__exit__(None, None, None)
+    with block:
+        pass
+    with pytest.raises(RuntimeError, match="left more times"):
+        block.__exit__(None, None, None)
+    assert (guard.spent, guard.held) == (2, 0)
 
 
 # -- 3. the budget is reserved under every policy ---------------------------------------

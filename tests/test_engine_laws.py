@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, invariant, rule
@@ -49,8 +50,8 @@ AMOUNTS = st.sampled_from(["0.5", "1", "2", "3", "0.25", "7"])
 
 class EngineMachine(RuleBasedStateMachine):
     """Three guards on one account (one with a floor, one with a budget), in any order:
-    admit, settle below, at and above the amount, release, expire, look up, top up, and
-    decorated calls that return, raise or answer 402."""
+    admit, settle below, at and above the amount, release, expire, look up, top up,
+    decorated calls and whole ``spend`` blocks that return, raise or answer 402."""
 
     holds = Bundle("holds")
 
@@ -133,6 +134,33 @@ class EngineMachine(RuleBasedStateMachine):
 
         with contextlib.suppress(sg.InsufficientCredits, RuntimeError):
             generate()
+
+    @rule(
+        which=st.integers(0, 2),
+        amount=AMOUNTS,
+        end=st.sampled_from(["ok", "settle", "expire", "raise", "402"]),
+    )
+    def block(self, which: int, amount: str, end: str) -> None:
+        """A whole ``with guard.spend()`` block: ended in full (charged in bulk later),
+        settled inside, expired inside, raising, or answered 402."""
+        guard = self.guards[which]
+        with contextlib.suppress(sg.InsufficientCredits, RuntimeError, requests.HTTPError):
+            with guard.spend(amount) as hold:
+                self._admitted(guard)
+                assert sg.current_hold() is hold
+                if end == "settle":
+                    hold.settle(hold.amount / 2)
+                elif end == "expire":
+                    self.expire()
+                    assert hold.state == "expired"
+                elif end == "raise":
+                    raise RuntimeError
+                elif end == "402":
+                    response = requests.Response()
+                    response.status_code = 402
+                    raise requests.HTTPError("402", response=response)
+            assert hold.state == ("released" if end == "402" else "settled")
+            assert hold.held == 0
 
     @invariant()
     def held_is_what_open_holds_hold(self) -> None:

@@ -13,7 +13,7 @@ from decimal import Decimal
 
 import httpx
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 
 import spendguard as sg
 from spendguard.httpx import AsyncGuardedTransport, GuardedTransport
@@ -347,11 +347,18 @@ def _paid_request(guard: sg.SpendGuard, url: str, reply: Answer, use_async: bool
         while tb is not None and not tb.tb_frame.f_code.co_name.startswith("handle_"):
             tb = tb.tb_next
         caught.__traceback__ = tb
+        if tb is None:
+            # Raised by httpx itself while the caller read a body the transport returned
+            # untouched: its causes' frames hold that body, echoed key and all. Only the
+            # text is checked, as for any error the guard never saw.
+            caught.__cause__ = caught.__context__ = None
     assert_scrubbed(caught, lines)
 
 
 @FUZZ
 @given(reply=SESSION_ANSWERS)
+# A body httpx cannot decode, echoing the key: httpx's own error, raised as the caller reads.
+@example(reply=Answer(200, (("Content-Encoding", "gzip"),), b"%s" % KEY.encode(), "length", "now"))
 def test_guarded_transports_meet_any_answer(reply: Answer) -> None:
     """A guarded Rodin or /v1/run request on either transport: a response or a documented
     error, holds ended, no key shown."""
