@@ -38,8 +38,8 @@ Clock = Callable[[], float]
 PENDING, HELD, ENDED, EXPIRED = 0, 1, 2, 3
 
 BACKLOG = 256
-"""How many ended tickets may wait in an account's ``ended`` queue before their owner ends
-them in bulk."""
+"""How many ended tickets may wait in an account's ``ended`` queue before they are ended in
+bulk."""
 
 
 class Tally:
@@ -128,11 +128,8 @@ class Account:
 
     ``ended`` queues the tickets of decorated calls that ended: appending to a deque is
     thread-safe without ``lock`` and cannot be interrupted half-way, which keeps a second
-    lock section off every guarded call. ``ended_holds`` likewise queues the holds of
-    ``spend`` blocks that ended in full, with no shared-ledger hold. What they hold still
-    counts as held until :meth:`settle_ended` ends them, and ``balance - spent - held`` is
-    the same either way. A queued hold may expire meanwhile; it is then charged in full
-    all the same, as its owner's ending would have charged it.
+    lock section off every guarded call. What they hold still counts as held until
+    :meth:`settle_ended` ends them, and ``balance - spent - held`` is the same either way.
     """
 
     __slots__ = (
@@ -143,7 +140,6 @@ class Account:
         "clock",
         "deferred",
         "ended",
-        "ended_holds",
         "failure",
         "fetched_at",
         "held",
@@ -175,7 +171,6 @@ class Account:
         self.next_expiry = math.inf
         self.deferred: list[Callable[[], None]] = []
         self.ended: deque[Ticket] = deque()
-        self.ended_holds: deque[Hold] = deque()
 
     # -- deciding from the snapshot --------------------------------------------------------
 
@@ -363,23 +358,21 @@ class Account:
             return True
 
     def settle_ended(self) -> list[Ticket]:
-        """End the tickets in ``ended`` (each charges what it holds, or releases it) and
-        charge the holds in ``ended_holds`` in full.
+        """End the tickets in ``ended``: each charges what it holds, or releases it.
 
         Returns the tickets that had a shared-ledger hold, for the caller to end there
         (outside any lock: a network round trip).
 
-        Each ticket leaves its queue only after it was ended, and ending is idempotent:
-        whatever interrupts a loop (a signal lands on its backward jump), the tickets not
-        yet ended are still queued.
+        Each ticket leaves the queue only after it was ended, and ending is idempotent:
+        whatever interrupts the loop (a signal lands on its backward jump), the tickets
+        not yet ended are still queued.
         """
-        ended, done = self.ended, self.ended_holds
+        ended = self.ended
         fleet: list[Ticket] = []
-        if not ended and not done:
+        if not ended:
             return fleet
-        holds = self.holds
         with self.lock:
-            # `for`, not `while`: CPython 3.13 leaves a `while` loop's backward jump
+            # A `for`, not a `while`: CPython 3.13 leaves a `while` loop's backward jump
             # outside the `with` block's exception handler, so an interrupt landing there
             # would leave the lock held.
             for _ in range(len(ended)):
@@ -403,24 +396,6 @@ class Account:
                     if ticket.fleet is not None:
                         fleet.append(ticket)
                 ended.popleft()
-            for _ in range(len(done)):
-                hold = done[0]
-                if hold.phase != ENDED:  # held, or expired while queued
-                    held = hold.reserved  # 0 once expired: only the charge is left
-                    charged = hold.cost
-                    tally = hold.tally
-                    if self.limit is not None:
-                        self.limit -= charged
-                    self.spent += charged
-                    tally.spent += charged
-                    hold.paid = charged
-                    hold.phase = ENDED
-                    hold.reserved = 0
-                    self.held -= held
-                    tally.held -= held
-                if hold in holds:
-                    del holds[hold]
-                done.popleft()
         return fleet
 
     # -- open holds and expiry -----------------------------------------------------------
@@ -443,7 +418,6 @@ class Account:
             except IndexError:
                 break
             ending()
-        self.settle_ended()
         expired: list[Hold] = []
         with self.lock:
             if now < self.next_expiry:

@@ -73,7 +73,6 @@ class Hold(Ticket):
     @property
     def state(self) -> HoldState:
         """``"pending"``, ``"held"``, ``"settled"``, ``"released"`` or ``"expired"``."""
-        self.engine.settle()
         ticket = self._of
         phase = ticket.phase
         if phase == ENDED:
@@ -84,14 +83,12 @@ class Hold(Ticket):
     def charged(self) -> Decimal:
         """What was recorded as spent so far: 0 until it is settled (a batch: its items
         done)."""
-        self.engine.settle()
         ticket = self._of
         return _ZERO if ticket.phase == PENDING else from_atoms(ticket.paid)
 
     @property
     def held(self) -> Decimal:
         """What it still holds, blocking others: 0 once ended or expired."""
-        self.engine.settle()
         return from_atoms(self._of.reserved)
 
     def settle(self, actual: Amount | None = None) -> None:
@@ -102,15 +99,11 @@ class Hold(Ticket):
             TypeError: ``actual`` is not an amount.
         """
         charged = self.cost if actual is None else atoms_up(to_amount(actual, name="actual"))
-        engine = self.engine
-        engine.settle()  # a block that ended in full was queued: it stays so ended
-        engine.end(self._of, charged)
+        self.engine.end(self._of, charged)
 
     def release(self) -> None:
         """Give back what is still held, charging nothing more; the hold ends."""
-        engine = self.engine
-        engine.settle()
-        engine.end(self._of, None)
+        self.engine.end(self._of, None)
 
     def __repr__(self) -> str:
         unit = self.engine.unit

@@ -19,7 +19,7 @@ from decimal import Decimal
 from types import CodeType, FrameType, TracebackType
 from typing import TYPE_CHECKING, TypeAlias
 
-from ._account import BACKLOG, HELD, PENDING, Ticket
+from ._account import PENDING, Ticket
 from ._hold import CallHold, Hold
 from ._money import format_amount
 
@@ -85,13 +85,12 @@ class Spend:
     hand out the same ``Spend`` for the same amount and label).
     """
 
-    __slots__ = ("_cost", "_ended", "_engine", "amount", "label")
+    __slots__ = ("_cost", "_engine", "amount", "label")
 
     def __init__(
         self, engine: Engine, amount: Decimal, atoms: int, label: str | None = None
     ) -> None:
         self._engine = engine
-        self._ended = engine.account.ended_holds
         self.amount = amount
         self._cost = atoms
         self.label = label
@@ -171,16 +170,7 @@ class Spend:
                 _BLOCKS[frame] = outer
         else:
             hold = self._stray()
-        if exc is None and hold.fleet is None and hold.phase == HELD:
-            # Charged in bulk (see Account.ended_holds), at a third of the cost of
-            # ending it here. It counts as held until then, which leaves what others
-            # may spend the same.
-            ended = self._ended
-            ended.append(hold)
-            if len(ended) > BACKLOG:
-                self._engine.settle_backlog()
-        else:
-            self._engine.end_block(hold, hold.cost, exc)
+        self._engine.end_block(hold, hold.cost, exc)
 
     def _stray(self) -> Hold:
         """Take this ``Spend``'s newest block entered from another frame than the one

@@ -270,20 +270,6 @@ def test_a_block_ended_in_full_reads_settled_and_stays_so() -> None:
     assert (hold.state, hold.charged, guard.spent, guard.held) == ("settled", 3, 3, 0)
 
 
-def test_a_queued_block_that_expired_is_still_charged_in_full() -> None:
-    """A block's end and its hold's expiry may cross: the hold expired after its block
-    queued it for charging. It is charged all the same, once."""
-    clock = FakeClock()
-    guard = _guard(10, clock=clock, hold_ttl=5)
-    engine = guard._engine
-    with guard.spend(3) as hold:
-        clock.advance(6)
-        engine.account.expire(clock())  # the sweep that runs just before the block ends
-        assert (hold.state, guard.held) == ("expired", 0)
-        engine.account.ended_holds.append(hold)  # ...and the block's end, queued meanwhile
-    assert (hold.state, hold.charged, guard.spent, guard.held) == ("settled", 3, 3, 0)
-
-
 def test_blocks_entered_through_exit_stacks_end_their_own_holds() -> None:
     """contextlib.ExitStack enters and leaves from frames of its own: each block still
     ends its own hold, and current_hold() inside finds it."""
