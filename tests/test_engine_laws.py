@@ -189,6 +189,11 @@ TestEngineMachine.settings = settings(max_examples=60, stateful_step_count=30, d
 
 @pytest.mark.storm
 @pytest.mark.skipif(not hasattr(signal, "setitimer"), reason="needs setitimer and SIGALRM")
+@pytest.mark.skipif(
+    sys.version_info < (3, 11),
+    reason="Python 3.10 handles a pending signal on entry to a `with` block's exception "
+    "handler, before `__exit__`: two interrupts in a row can leave any lock held",
+)
 @pytest.mark.parametrize("face", ["decorated", "async", "spend", "batch", "listener"])
 def test_a_ctrl_c_storm_strands_nothing(face: str) -> None:
     """KeyboardInterrupt every 0.4 ms for 1.5 s during loops of each face (in a process of
