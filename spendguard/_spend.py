@@ -99,20 +99,9 @@ class Spend:
         engine = self._engine
         hold = Hold(engine, self.amount, self._cost, self.label)
         try:
-            account, now = engine.account, hold.created_at
-            if not (
-                engine.plain
-                and now < account.next_expiry
-                and account.take_cached(
-                    hold, hold.cost, engine.floor, engine.ttl, now, engine.tally
-                )
-                is not None
-            ):
+            if not self._take_cached(hold):
                 engine.admit(hold, hold.cost)
-            frame = _getframe(1)
-            if frame.f_code in _RELAYS:
-                frame = frame.f_back or frame
-            _BLOCKS[frame] = (hold, self, _BLOCKS.get(frame))
+            self._open(hold, _getframe(1))
         except BaseException:
             hold.release()
             raise
@@ -122,24 +111,32 @@ class Spend:
         engine = self._engine
         hold = Hold(engine, self.amount, self._cost, self.label)
         try:
-            account, now = engine.account, hold.created_at
-            if not (
-                engine.plain
-                and now < account.next_expiry
-                and account.take_cached(
-                    hold, hold.cost, engine.floor, engine.ttl, now, engine.tally
-                )
-                is not None
-            ):
+            if not self._take_cached(hold):
                 await engine.aadmit(hold, hold.cost)
-            frame = _getframe(1)
-            if frame.f_code in _RELAYS:
-                frame = frame.f_back or frame
-            _BLOCKS[frame] = (hold, self, _BLOCKS.get(frame))
+            self._open(hold, _getframe(1))
         except BaseException:
             hold.release()
             raise
         return hold
+
+    def _take_cached(self, hold: Hold) -> bool:
+        """Hold from a fresh snapshot when nothing else must happen (no lookup, listener or
+        shared ledger); ``False`` sends the caller to the full decision."""
+        engine = self._engine
+        account, now = engine.account, hold.created_at
+        return (
+            engine.plain
+            and now < account.next_expiry
+            and account.take_cached(hold, hold.cost, engine.floor, engine.ttl, now, engine.tally)
+            is not None
+        )
+
+    def _open(self, hold: Hold, frame: FrameType) -> None:
+        """Register ``hold`` as the innermost block of ``frame`` (or of the frame that
+        asked ``frame`` to enter it, for an exit stack)."""
+        if frame.f_code in _RELAYS:
+            frame = frame.f_back or frame
+        _BLOCKS[frame] = (hold, self, _BLOCKS.get(frame))
 
     def __exit__(
         self,
