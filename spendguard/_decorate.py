@@ -4,6 +4,8 @@ Each call makes a :class:`~spendguard._account.Ticket` before deciding; the acco
 it in when it holds, and the closure's ``finally`` clause queues it for ending on every
 way out. That ``finally`` clause makes no Python call before the queue's ``append`` (a
 C method): nothing can be raised between the call ending and its ticket being queued.
+The queue is ended in bulk each time it reaches a multiple of ``BACKLOG``: only the call
+that made it so waits for that, not every call behind a slow one.
 
 The fast path (a fresh snapshot covers the cost) is one lock section; anything else goes
 through :meth:`Engine.admit`. The section is :meth:`Account.take_cached` written out in
@@ -20,7 +22,7 @@ from typing import Any
 
 import wrapt
 
-from ._account import BACKLOG, HELD, PENDING, Ticket
+from ._account import BACKLOG, HELD, PENDING, QUEUED, Ticket
 from ._engine import Engine, to_atoms
 from ._money import Amount, to_amount
 from ._policy import ends_with_402
@@ -116,7 +118,7 @@ def _sync_closure(
     price: _Price | None,
 ) -> Callable[..., Any]:
     account, tally, clock = engine.account, engine.tally, engine.clock
-    admit, settle, lock = engine.admit, engine.settle_backlog, account.lock
+    admit, settle, lock = engine.admit, engine.settle, account.lock
     ended = account.ended
     append = ended.append
     plain, floor, ttl, budget = engine.plain, engine.floor, engine.ttl, tally.budget
@@ -156,8 +158,9 @@ def _sync_closure(
             raise
         finally:
             if ticket.phase == HELD:
+                ticket.phase = QUEUED
                 append(ticket)
-                if len(ended) > BACKLOG or not plain or not ticket.charge:
+                if not len(ended) % BACKLOG or not plain or not ticket.charge:
                     settle()
 
     CALL_CODES.add(guarded.__code__)
@@ -171,7 +174,7 @@ def _async_closure(
     price: _Price | None,
 ) -> Callable[..., Any]:
     account, tally, clock = engine.account, engine.tally, engine.clock
-    aadmit, settle, lock = engine.aadmit, engine.settle_backlog, account.lock
+    aadmit, settle, lock = engine.aadmit, engine.settle, account.lock
     ended = account.ended
     append = ended.append
     plain, floor, ttl, budget = engine.plain, engine.floor, engine.ttl, tally.budget
@@ -211,8 +214,9 @@ def _async_closure(
             raise
         finally:
             if ticket.phase == HELD:
+                ticket.phase = QUEUED
                 append(ticket)
-                if len(ended) > BACKLOG or not plain or not ticket.charge:
+                if not len(ended) % BACKLOG or not plain or not ticket.charge:
                     settle()
 
     CALL_CODES.add(guarded.__code__)

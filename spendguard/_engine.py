@@ -139,16 +139,18 @@ class Engine:
             self.fleet.invalidate()
         self.account.invalidate()
 
-    def settle_backlog(self) -> None:
-        """End the queued tickets of decorated calls (the queue is long, or a shared
-        ledger waits for its holds' ends)."""
-        for done in self.account.settle_ended():
-            self._end_fleet(done)
-
     def settle(self) -> None:
-        """End every queued ticket now (before reading what was spent or held)."""
-        for done in self.account.settle_ended():
-            self._end_fleet(done)
+        """End every queued ticket of decorated calls now (the queue is long, a shared
+        ledger waits for its holds' ends, or what was spent or held is about to be read)."""
+        account = self.account
+        account.settle_ended()
+        ledger_ends = account.ledger_ends
+        while ledger_ends:
+            try:
+                ticket = ledger_ends.pop()
+            except IndexError:  # another thread took the last one
+                break
+            self._end_fleet(ticket)
 
     def consume(self, ticket: Ticket, part: int) -> None:
         """Count ``part`` of ``ticket`` as spent (a batch's item is done)."""
@@ -674,6 +676,7 @@ class Engine:
                 if available is not None:
                     return from_atoms(available + held)
         self.ensure_fresh()
+        self.settle()
         limit, spent, _ = self.account.totals()
         return from_atoms(limit if limit is not None else -spent)
 

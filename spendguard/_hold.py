@@ -5,7 +5,7 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import TYPE_CHECKING, Literal
 
-from ._account import ENDED, EXPIRED, HELD, PENDING, Ticket
+from ._account import ENDED, EXPIRED, HELD, PENDING, QUEUED, Ticket
 from ._money import Amount, atoms_up, format_amount, from_atoms, to_amount
 
 if TYPE_CHECKING:
@@ -19,6 +19,13 @@ charged; ``"expired"`` when it outlived the guard's ``hold_ttl`` and stopped blo
 
 _ZERO = Decimal(0)
 _STATES: dict[int, HoldState] = {PENDING: "pending", HELD: "held", EXPIRED: "expired"}
+
+
+def _paid(ticket: Ticket) -> int:
+    """What ``ticket`` charged (a queued call's ticket: all it held, unless released)."""
+    if ticket.phase == QUEUED:
+        return ticket.reserved if ticket.charge else 0
+    return ticket.paid
 
 
 class Hold(Ticket):
@@ -75,8 +82,8 @@ class Hold(Ticket):
         """``"pending"``, ``"held"``, ``"settled"``, ``"released"`` or ``"expired"``."""
         ticket = self._of
         phase = ticket.phase
-        if phase == ENDED:
-            return "settled" if ticket.paid else "released"
+        if phase in (ENDED, QUEUED):
+            return "settled" if _paid(ticket) else "released"
         return _STATES[phase]
 
     @property
@@ -84,12 +91,13 @@ class Hold(Ticket):
         """What was recorded as spent so far: 0 until it is settled (a batch: its items
         done)."""
         ticket = self._of
-        return _ZERO if ticket.phase == PENDING else from_atoms(ticket.paid)
+        return _ZERO if ticket.phase == PENDING else from_atoms(_paid(ticket))
 
     @property
     def held(self) -> Decimal:
         """What it still holds, blocking others: 0 once ended or expired."""
-        return from_atoms(self._of.reserved)
+        ticket = self._of
+        return _ZERO if ticket.phase == QUEUED else from_atoms(ticket.reserved)
 
     def settle(self, actual: Amount | None = None) -> None:
         """Record the real cost (``amount`` by default); the hold ends.

@@ -114,6 +114,10 @@ def main(face: str, seconds: float) -> dict[str, object]:
     listeners = [lambda decision: None] if face == "listener" else []
     guard = sg.SpendGuard(Wallet(), clock=clock, ttl=10**9, hold_ttl=60, on_decision=listeners)
     step = steps(guard, clock)[face]
+    # The balance is looked up before the storm: the async face looks it up in a thread of
+    # asyncio's executor, and an interrupt inside `Thread.start()` can leave the standard
+    # library's own start-up lock held, which hangs the interpreter's exit.
+    step()
     sys.unraisablehook = lambda unraisable: None  # what the interrupts abandon complains
     deadline = time.monotonic() + seconds
     with Storm(0.0004) as storm:

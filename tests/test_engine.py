@@ -10,6 +10,7 @@ import functools
 import itertools
 import logging
 import pickle
+import sys
 import threading
 from collections.abc import Iterator
 from decimal import Decimal
@@ -322,6 +323,58 @@ def test_one_spend_shared_by_threads_gives_each_its_own_hold() -> None:
         thread.join()
     assert seen == [True] * 8
     assert (guard.spent, guard.held) == (8, 0)
+
+
+def test_decorated_calls_ended_in_bulk_by_racing_threads_count_exactly() -> None:
+    """Three guards on one account, 6 threads of decorated calls (every 7th answered 402)
+    and 4 threads reading totals: queued calls are ended in bulk by whichever thread gets
+    there, runs of different guards interleave, and every credit is counted once."""
+    clock = FakeClock()
+    wallet = Wallet(10**6)
+    guards = [sg.SpendGuard(wallet, clock=clock, ttl=3600, budget=10**5) for _ in range(3)]
+    calls = 1_500  # per thread: several times the queue's bulk-ending length
+    done = threading.Event()
+
+    def caller(index: int) -> None:
+        guard = guards[index % 3]
+
+        @guard(cost=index + 1)
+        def generate(i: int) -> None:
+            if i % 7 == 0:
+                raise _payment_required()
+
+        for i in range(calls):
+            with contextlib.suppress(requests.HTTPError):
+                generate(i)
+            if i % 7 == 0:
+                # A 402 drops the snapshot: look it up again now and then, as a
+                # decision would.
+                guard.available()
+
+    def reader() -> None:
+        while not done.is_set():
+            for guard in guards:
+                assert guard.held >= 0
+                assert guard.spent >= 0
+
+    readers = [threading.Thread(target=reader) for _ in range(4)]
+    callers = [threading.Thread(target=caller, args=(index,)) for index in range(6)]
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads switch inside the bulk ending, not only around it
+    try:
+        for thread in readers + callers:
+            thread.start()
+        for thread in callers:
+            thread.join()
+    finally:
+        done.set()
+        sys.setswitchinterval(interval)
+    for thread in readers:
+        thread.join()
+    charged_calls = calls - len(range(0, calls, 7))
+    expected = [(index + 1 + index + 4) * charged_calls for index in range(3)]
+    assert [guard.spent for guard in guards] == expected
+    assert [guard.held for guard in guards] == [0, 0, 0]
 
 
 def test_leaving_a_spend_never_entered_is_an_error() -> None:
