@@ -405,6 +405,14 @@ class Account:
                     del ended[:count]
                     self.ledger_ends += ledger  # an operator, not a call: no interrupt
 
+    def next_ledger_end(self) -> Ticket | None:
+        """Take one ticket from ``ledger_ends`` for its shared-ledger hold to be ended
+        (``None``: none left); several threads may take them at once."""
+        try:
+            return self.ledger_ends.pop()
+        except IndexError:
+            return None
+
     # -- open holds and expiry -----------------------------------------------------------
 
     def defer(self, ending: Callable[[], None]) -> None:

@@ -144,12 +144,7 @@ class Engine:
         ledger waits for its holds' ends, or what was spent or held is about to be read)."""
         account = self.account
         account.settle_ended()
-        ledger_ends = account.ledger_ends
-        while ledger_ends:
-            try:
-                ticket = ledger_ends.pop()
-            except IndexError:  # another thread took the last one
-                break
+        while (ticket := account.next_ledger_end()) is not None:
             self._end_fleet(ticket)
 
     def consume(self, ticket: Ticket, part: int) -> None:
