@@ -9,12 +9,17 @@ Runs as is, against a local ProviderSimulator holding 1.5 Hyper3D credits:
 from __future__ import annotations
 
 import asyncio
-
-import httpx
+import sys
 
 import spendguard as sg
-from spendguard.httpx import AsyncGuardedTransport
 from spendguard.testing import ProviderSimulator
+
+try:
+    from spendguard.httpx import AsyncGuardedTransport  # says which extra to install
+except ImportError as missing:
+    sys.exit(f"async_generation.py: {missing}")
+
+import httpx
 
 
 async def generate(http: httpx.AsyncClient, prompt: str, tier: str) -> str:

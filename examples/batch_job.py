@@ -57,7 +57,7 @@ def main(prompts: list[str]) -> int:
             except sg.InsufficientCredits as exc:
                 print(f"batch_job: stopped before item {done}: {exc}", file=sys.stderr)
                 return 1
-            print(f"[{done}/{len(prompts)}] {prompt!r}: job {job}, {guard.spent} credits spent")
+            print(f"[{done}/{len(prompts)}] {prompt!r}: job {job}, credits spent: {guard.spent}")
     return 0
 
 

@@ -31,14 +31,14 @@ def main() -> None:
             response.raise_for_status()
             return str(response.json()["uuid"])
 
-        print("balance:", guard.balance(), provider.unit)
+        print(f"balance ({provider.unit}):", guard.balance())
         print("submitted", generate("a wooden chair"))
         print("submitted", generate("a lamp", tier="Gen-2.5-Extreme-High"))
         try:
             generate("a sofa", addons=("HighPack",))
         except sg.InsufficientCredits as exc:
             print("refused before the request was sent:", exc)
-        print("balance now:", guard.balance(), provider.unit)
+        print(f"balance now ({provider.unit}):", guard.balance())
         print("balance lookups made:", sim.count("GET /api/v2/check_balance"))
         http.close()
         provider.close()

@@ -75,3 +75,18 @@ __all__ = [
     "__version__",
     "current_hold",
 ]
+
+# The errors read as ``spendguard.Name`` in tracebacks, not as the private module that
+# defines them (other classes keep theirs, where ``inspect.getsource`` finds them).
+for _error in (
+    AuthenticationError,
+    BalanceUnavailable,
+    ConfigurationError,
+    InsufficientCredits,
+    LedgerError,
+    ProviderError,
+    ReentryError,
+    SpendGuardError,
+):
+    _error.__module__ = __name__
+del _error

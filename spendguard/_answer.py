@@ -86,7 +86,7 @@ class Secret:
         if pattern is None or not raw:
             return raw
         key = self._key.encode("utf-8")
-        scrubbed: bytes = _replace_fragments(raw, key, pattern, "…".encode(), _shown(key))
+        scrubbed: bytes = _replace_fragments(raw, key.lower(), pattern, "…".encode(), _shown(key))
         return scrubbed
 
     def scrub_json(self, value: Any) -> Any:
@@ -106,7 +106,7 @@ class Secret:
         if pattern is None or not text:
             return text
         key = self._key
-        scrubbed: str = _replace_fragments(text, key, pattern, "…", _shown(key))
+        scrubbed: str = _replace_fragments(text, key.lower(), pattern, "…", _shown(key))
         return scrubbed
 
     def __repr__(self) -> str:
@@ -168,8 +168,7 @@ def scrub_http_logs(names: tuple[str, ...] = _FILTERED_LOGGERS) -> None:
     with _filter_lock:
         for name in names:
             logger = logging.getLogger(name)
-            if _filter not in logger.filters:
-                logger.addFilter(_filter)
+            logger.addFilter(_filter)  # once: a logger keeps a filter it has only once
 
 
 class MaskedHeader(str):
@@ -191,25 +190,29 @@ def _shown(key: Any) -> Any:
 
 
 def _fragments_pattern(key: Any) -> Any:
-    """A regex matching any run of five characters of ``key``, or None for short keys."""
+    """A regex matching any run of five characters of ``key`` in any case (a provider may
+    echo a key upper- or lower-cased), or None for short keys."""
     if len(key) < _FRAGMENT:
         return None
+    key = key.lower()
     pieces = sorted({key[i : i + _FRAGMENT] for i in range(len(key) - _FRAGMENT + 1)})
     bar = b"|" if isinstance(key, bytes) else "|"
-    return re.compile(bar.join(re.escape(piece) for piece in pieces))
+    return re.compile(bar.join(re.escape(piece) for piece in pieces), re.IGNORECASE)
 
 
-def _replace_fragments(text: Any, key: Any, pattern: Any, mark: Any, shown: Any) -> Any:
+def _replace_fragments(text: Any, folded: Any, pattern: Any, mark: Any, shown: Any) -> Any:
+    """``text`` with each run of the key (``folded``: lower-cased) that ``pattern`` finds,
+    in any case, replaced by ``mark`` (after ``shown`` when the run starts the key)."""
     parts = []
     pos = 0
     size = len(text)
     match = pattern.search(text)
     while match is not None:
         start, end = match.start(), match.end()
-        while end < size and text[start : end + 1] in key:
+        while end < size and text[start : end + 1].lower() in folded:
             end += 1
         parts.append(text[pos:start])
-        parts.append(shown + mark if key.startswith(text[start:end]) else mark)
+        parts.append(shown + mark if folded.startswith(text[start:end].lower()) else mark)
         pos = end
         match = pattern.search(text, pos)
     if not parts:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Generic, TypeVar
 
 import attrs
 
+from ._account import ENDED
 from ._engine import to_atoms
 from ._hold import Hold
 from ._money import Amount, format_amount, from_atoms, to_amount
@@ -82,6 +83,8 @@ class Batch(Generic[T]):
     asks for the next one, or when the batch ends. Items never handed out are released
     as soon as the loop breaks, an exception leaves a ``with`` block, :meth:`close` is
     called, or the batch is garbage-collected: use ``with`` for a deterministic moment.
+    Settling or releasing its :attr:`hold` ends it too: no further item is handed out,
+    since nothing would pay for it.
 
     Attributes:
         count: How many items it hands out.
@@ -134,8 +137,8 @@ class Batch(Generic[T]):
 
     def close(self) -> None:
         """Count the item in hand as spent and release the rest; later calls do nothing."""
-        self._finalizer.detach()
         self._cursor.end()
+        self._finalizer.detach()  # only now: should a signal stop the ending, it runs again
 
     def __iter__(self) -> Batch[T]:
         return self
@@ -314,7 +317,7 @@ class _Cursor:
                 return None
             counted = self._count_locked(hold)
             index: int | None = self.handed
-            if index == len(self._costs):
+            if index == len(self._costs) or hold.phase == ENDED:  # ENDED: by its owner
                 self.ended = True
                 index = None
             else:
@@ -326,15 +329,16 @@ class _Cursor:
         return index
 
     def end(self) -> None:
-        """Count the item in hand as done and release the rest; only the first call counts."""
+        """Count the item in hand as done (the first call only) and release the rest: again
+        on every call, in case a signal stopped an earlier one between the two."""
         hold = self.hold
         if hold is None:
             return
+        counted = False
         with self._lock:
-            if self.ended:
-                return
-            counted = self._count_locked(hold)
-            self.ended = True
+            if not self.ended:
+                counted = self._count_locked(hold)
+                self.ended = True
         try:
             self._finish(hold)
         finally:
@@ -479,7 +483,11 @@ def hold_batch(
     count, amount = len(costs), sum(costs)
     while count:
         hold = _new_hold(engine, amount, count, label)
-        outcome = engine.decide(amount, hold)
+        try:
+            outcome = engine.decide(amount, hold)
+        except BaseException:
+            hold.release()  # a signal may land once it holds
+            raise
         if outcome.admitted:
             return hold, count
         count, amount = _shrink(engine, costs, amount, outcome, partial)
@@ -493,7 +501,11 @@ async def ahold_batch(
     count, amount = len(costs), sum(costs)
     while count:
         hold = _new_hold(engine, amount, count, label)
-        outcome = await engine.adecide(amount, hold)
+        try:
+            outcome = await engine.adecide(amount, hold)
+        except BaseException:
+            hold.release()  # a signal may land once it holds
+            raise
         if outcome.admitted:
             return hold, count
         count, amount = _shrink(engine, costs, amount, outcome, partial)
@@ -509,19 +521,14 @@ def open_batch(
     bars: _BarFactory | None,
     label: str | None,
 ) -> Batch[T]:
-    """Wrap what :func:`hold_batch` held in a :class:`Batch` that owns it; whatever goes
-    wrong before the batch exists releases the hold."""
+    """Wrap what :func:`hold_batch` held in a :class:`Batch` that owns it. Until it
+    returns, its caller owns the hold (a signal may land as this function starts)."""
     hold, count = held
-    try:
-        bar = None
-        if hold is not None and bars is not None:
-            bar = bars(count, engine.unit, label or engine.name)
-        cursor = _Cursor(engine, hold, costs[:count], _ZERO if hold is None else hold.amount, bar)
-        return Batch(items[:count], items[count:], cursor, engine.unit)
-    except BaseException:
-        if hold is not None:
-            hold.release()
-        raise
+    bar = None
+    if hold is not None and bars is not None:
+        bar = bars(count, engine.unit, label or engine.name)
+    cursor = _Cursor(engine, hold, costs[:count], _ZERO if hold is None else hold.amount, bar)
+    return Batch(items[:count], items[count:], cursor, engine.unit)
 
 
 def start_batch(
@@ -537,7 +544,12 @@ def start_batch(
     bars = bar_factory() if progress else None
     listed, costs = price_all(items, cost)
     held = hold_batch(engine, costs, partial, label)
-    return open_batch(engine, listed, costs, held, bars=bars, label=label)
+    try:
+        return open_batch(engine, listed, costs, held, bars=bars, label=label)
+    except BaseException:
+        if held[0] is not None:
+            held[0].release()
+        raise
 
 
 def start_abatch(
@@ -557,7 +569,12 @@ def start_abatch(
         listed = await read_items(items)
         costs = [price(item) for item in listed]
         held = await ahold_batch(engine, costs, partial, label)
-        return open_batch(engine, listed, costs, held, bars=bars, label=label)
+        try:
+            return open_batch(engine, listed, costs, held, bars=bars, label=label)
+        except BaseException:
+            if held[0] is not None:
+                held[0].release()
+            raise
 
     return AsyncBatch(begin)
 

@@ -8,8 +8,9 @@ from typing import Literal, NamedTuple
 from ._money import CONTEXT, format_amount
 
 Source = Literal["cache", "remote", "fallback"]
-"""Where a decision's balance came from: the cached snapshot, a lookup made for it, or
-nowhere (the provider was unavailable and the failure policy let the call through)."""
+"""Where a decision's balance came from: the cached snapshot, a lookup made for it, or the
+failure policy (the provider was unavailable: ``"allow"`` let the call through, or
+``"stale"`` judged it, either way, on the last snapshot)."""
 
 
 class Check(NamedTuple):

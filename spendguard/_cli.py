@@ -237,6 +237,13 @@ def _check(args: argparse.Namespace) -> int:
     return EXIT_OK if result.sufficient else EXIT_INSUFFICIENT
 
 
+def _wait(stop: threading.Event) -> None:
+    """Until ``stop`` is set (a loop of its own: inside a ``with``, CPython 3.12 and 3.13
+    leave its backward jump out of the exception table)."""
+    while not stop.wait(0.5):
+        pass
+
+
 def _simulate(args: argparse.Namespace) -> int:
     from .testing import ProviderSimulator  # on use: balance and check start faster without it
 
@@ -282,8 +289,7 @@ def _simulate(args: argparse.Namespace) -> int:
                 print(f"export {PROVIDERS[name]._url_var}={url}")
             # With both keys exported, this picks the one `spendguard balance` asks.
             print(f"export {PROVIDER_VAR}={args.provider or 'hyper3d'}", flush=True)
-            while not stop.wait(0.5):
-                pass
+            _wait(stop)
         finally:
             simulator.stop()
     print("# spendguard simulator stopped", file=sys.stderr)

@@ -140,9 +140,12 @@ class Engine:
         self.account.invalidate()
 
     def settle(self) -> None:
-        """End every queued ticket of decorated calls now (the queue is long, a shared
-        ledger waits for its holds' ends, or what was spent or held is about to be read)."""
+        """End every queued ticket of decorated calls, and every ending left to the next
+        decision, now (the queue is long, a shared ledger waits for its holds' ends, or what
+        was spent or held is about to be read)."""
         account = self.account
+        if account.deferred:
+            account.run_deferred()
         account.settle_ended()
         while (ticket := account.next_ledger_end()) is not None:
             self._end_fleet(ticket)

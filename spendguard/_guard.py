@@ -21,13 +21,14 @@ from ._map import MapResult
 from ._money import Amount, format_amount, from_atoms, to_amount
 from ._policy import OnUnavailable
 from ._provider import Provider
-from ._spend import Spend
+from ._spend import Spend, settle_abandoned
 
 if TYPE_CHECKING:
     import httpx
 
     from ._ledger import Ledger
     from ._session import GuardedSession, RoutePrices
+    from .pricing import RodinPrices
 
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
@@ -71,7 +72,8 @@ class SpendGuard:
             it stops blocking other calls and a WARNING names it. A batch renews its hold
             with every item done; a decorated call's hold never expires (the call always
             ends it). ``None``: holds never expire.
-        ledger: A shared :class:`Ledger`, such as :class:`spendguard.redis.RedisLedger`,
+        ledger: A shared :class:`Ledger`: :class:`spendguard.sqlite.SQLiteLedger` for the
+            processes of one machine, :class:`spendguard.redis.RedisLedger` for many,
             where guards in many processes keep one account's snapshot, spending and
             holds, so that together they never admit more than it holds. ``None``
             (default): this process's own ledger. Budget and floor stay per guard.
@@ -204,12 +206,14 @@ class SpendGuard:
     @property
     def spent(self) -> Decimal:
         """What calls through this guard have spent (settled) so far."""
+        settle_abandoned()
         self._engine.settle()
         return from_atoms(self._engine.tally.spent)
 
     @property
     def held(self) -> Decimal:
         """What calls through this guard hold right now."""
+        settle_abandoned()
         self._engine.settle()
         return from_atoms(self._engine.tally.held)
 
@@ -349,6 +353,7 @@ class SpendGuard:
 
     def available(self) -> Decimal:
         """What this guard could spend now: balance minus holds and floor, within budget."""
+        settle_abandoned()
         return self._engine.read_available()
 
     async def aavailable(self) -> Decimal:
@@ -367,27 +372,33 @@ class SpendGuard:
         Expired holds are reported (a WARNING) and left out. Decorated calls hold credit
         too, but are not listed: they always end when the call returns or raises.
         """
+        settle_abandoned()
         return self._engine.open_holds()
 
     def session(
-        self, prices: RoutePrices | None = None, *, max_cost: Amount | None = None
+        self,
+        prices: RoutePrices | None = None,
+        *,
+        max_cost: Amount | None = None,
+        rodin_prices: RodinPrices | None = None,
     ) -> GuardedSession:
         """A ``requests.Session`` whose billable requests this guard prices and holds.
 
-        Shorthand for ``GuardedSession(guard, prices, max_cost=max_cost)``; see
-        :class:`~spendguard.GuardedAdapter` for the pricing rules.
+        Shorthand for ``GuardedSession(guard, prices, max_cost=..., rodin_prices=...)``;
+        see :class:`~spendguard.GuardedAdapter` for the pricing rules.
 
         Args:
             prices: ``"METHOD /path"`` (or a glob, or a whole URL) to an amount, a callable
                 of the ``PreparedRequest``, or ``None`` for free.
             max_cost: What to hold for a request whose price is dynamic.
+            rodin_prices: The Rodin price table for the built-in pricing.
 
         Raises:
             ConfigurationError: A price key or amount is malformed.
         """
         from ._session import GuardedSession
 
-        return GuardedSession(self, prices, max_cost=max_cost)
+        return GuardedSession(self, prices, max_cost=max_cost, rodin_prices=rodin_prices)
 
     def httpx_client(self, **client_kwargs: Any) -> httpx.Client:
         """An ``httpx.Client`` whose billable requests this guard prices and holds.
@@ -523,6 +534,9 @@ class SpendGuard:
                 items already running have finished; no further item is started after it.
             ProviderError: The balance cannot be had and the policy is ``"raise"``.
             ConfigurationError: ``workers`` is not a positive integer.
+            TypeError: ``fn`` is a coroutine function (use :meth:`amap`), checked before
+                anything is admitted; or it returned an awaitable, which is not run and
+                whose hold is released.
         """
         return _map.map_items(self._engine, fn, items, cost, workers)
 
@@ -538,6 +552,10 @@ class SpendGuard:
 
         If ``amap`` itself is cancelled, the running tasks are cancelled too, and every
         hold ends before the cancellation propagates.
+
+        Raises:
+            TypeError: ``fn`` returned something that is not awaitable (a plain function:
+                use :meth:`map`); it ran, so its cost is charged.
         """
         return await _map.amap_items(self._engine, fn, items, cost, workers)
 

@@ -289,7 +289,10 @@ def resolve_key(api_key: str | Secret | None, env_vars: tuple[str, ...], provide
         names = " or ".join(env_vars)
         raise ConfigurationError(f"{provider}: no API key; pass api_key= or set {names}")
     if not _usable_key(secret):
-        raise ConfigurationError(f"{provider}: the API key is empty or contains whitespace")
+        raise ConfigurationError(
+            f"{provider}: the API key is empty, or contains whitespace or a character "
+            "outside printable ASCII (a pasted dash or quote?): it cannot go in a header"
+        )
     return secret
 
 
@@ -300,7 +303,8 @@ def conceal(value: str | Secret | None) -> Secret | None:
 
 
 def _usable_key(secret: Secret) -> bool:
-    return bool(secret.reveal()) and not any(c.isspace() or ord(c) < 32 for c in secret.reveal())
+    key = secret.reveal()
+    return bool(key) and key.isascii() and key.isprintable() and " " not in key
 
 
 def resolve_base_url(base_url: str | None, env_var: str, default: str, provider: str) -> str:

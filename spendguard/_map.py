@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import threading
 from collections.abc import AsyncGenerator, AsyncIterable, Awaitable, Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING, Generic, TypeVar
 import attrs
 
 from ._batch import pricer
+from ._decorate import is_async
 from ._errors import ConfigurationError, InsufficientCredits
 from ._hold import Hold
 from ._money import from_atoms
@@ -87,6 +89,50 @@ def _hold(engine: Engine, atoms: int, label: str) -> Hold:
     return Hold(engine, from_atoms(atoms), atoms, label)
 
 
+def _release_all(running: list[tuple[int, T, Future[R], Hold]]) -> None:
+    """Release every item's hold (a no-op for each whose run ended it). A function of its
+    own: as the last loop of a ``finally`` around a ``with``, CPython 3.12 and 3.13 leave
+    its backward jump out of the exception table."""
+    for *_, hold in running:
+        hold.release()
+
+
+def _check_sync(fn: object, name: str) -> None:
+    if is_async(fn):
+        raise TypeError(
+            f"map() runs {name} in threads, but it is a coroutine function: "
+            "use `await guard.amap(...)`"
+        )
+
+
+def _ran(result: R, name: str, hold: Hold) -> R:
+    """``result`` of a ``map`` item, unless it is an awaitable: then nothing of it ran, and
+    its hold is released, the coroutine closed and a ``TypeError`` raised."""
+    if not inspect.isawaitable(result):
+        return result
+    hold.release()
+    if inspect.iscoroutine(result):
+        result.close()  # never awaited: no "never awaited" warning for the caller to chase
+    raise TypeError(
+        f"map() called {name}, which returned {type(result).__name__} without running "
+        "it; use `await guard.amap(...)` for coroutine functions"
+    )
+
+
+def _awaitable(step: Awaitable[R], name: str) -> Awaitable[R]:
+    """What an ``amap`` item's function returned, to be awaited.
+
+    Raises:
+        TypeError: It is not awaitable (the function ran: a plain function).
+    """
+    if not inspect.isawaitable(step):
+        raise TypeError(
+            f"amap() awaits what {name} returns, but it returned {type(step).__name__} "
+            "(it ran, and is charged); use guard.map(...) for plain functions"
+        )
+    return step
+
+
 def map_items(
     engine: Engine,
     fn: Callable[[T], R],
@@ -98,6 +144,7 @@ def map_items(
     _check_workers(workers)
     price = pricer(cost)
     name = _name(fn)
+    _check_sync(fn, name)
     slots = threading.BoundedSemaphore(workers)
     failed = threading.Event()
     running: list[tuple[int, T, Future[R], Hold]] = []
@@ -106,7 +153,7 @@ def map_items(
     def run(hold: Hold, item: T) -> R:
         try:
             try:
-                result = fn(item)
+                result = _ran(fn(item), name, hold)
             except BaseException as exc:
                 failed.set()
                 engine.end_block(hold, hold.cost, exc)
@@ -132,6 +179,7 @@ def map_items(
                     continue
                 except BaseException:
                     slots.release()
+                    hold.release()  # a signal may land once it holds
                     raise
                 try:
                     running.append((index, item, pool.submit(run, hold, item), hold))
@@ -140,8 +188,7 @@ def map_items(
                     hold.release()
                     raise
     finally:
-        for *_, hold in running:
-            hold.release()  # a no-op for every item whose run ended it
+        _release_all(running)
     return _result([(i, item, future) for i, item, future, _ in running], refused)
 
 
@@ -164,7 +211,7 @@ async def amap_items(
     async def run(hold: Hold, item: T) -> R:
         try:
             try:
-                result = await fn(item)
+                result = await _awaitable(fn(item), name)
             except BaseException as exc:
                 failed.set()
                 engine.end_block(hold, hold.cost, exc)

@@ -174,23 +174,29 @@ class Orthogonal(HTTPProvider):
         key = (api, path)
         with self._prices_lock:
             cached = self._prices.get(key, _NOT_CACHED)
+        if cached is _NOT_CACHED:
+            with self._price_lookup_lock:
+                cached = self._look_up_price(key)
+        return cached  # type: ignore[no-any-return]
+
+    def _look_up_price(self, key: tuple[str, str]) -> Decimal | None:
+        """The price of ``key`` from the cache, or else from ``POST /v1/details`` (then
+        cached); the caller holds the lookup lock."""
+        with self._prices_lock:
+            cached = self._prices.get(key, _NOT_CACHED)
         if cached is not _NOT_CACHED:
             return cached  # type: ignore[no-any-return]
-        with self._price_lookup_lock:
-            with self._prices_lock:
-                cached = self._prices.get(key, _NOT_CACHED)
-            if cached is not _NOT_CACHED:
-                return cached  # type: ignore[no-any-return]
-            body = self._call("POST", "/v1/details", {"api": api, "path": path})
-            endpoint = body.get("endpoint")
-            if not isinstance(endpoint, dict):
-                raise ProviderError(
-                    f"malformed details answer: 'endpoint' is {kind(endpoint)}, not an object",
-                    provider=self.name,
-                )
-            price = parse_orthogonal_price(endpoint.get("price"))
-            with self._prices_lock:
-                self._prices[key] = price
+        api, path = key
+        body = self._call("POST", "/v1/details", {"api": api, "path": path})
+        endpoint = body.get("endpoint")
+        if not isinstance(endpoint, dict):
+            raise ProviderError(
+                f"malformed details answer: 'endpoint' is {kind(endpoint)}, not an object",
+                provider=self.name,
+            )
+        price = parse_orthogonal_price(endpoint.get("price"))
+        with self._prices_lock:
+            self._prices[key] = price
         return price
 
     def _check_cents(self, cents: int) -> tuple[bool, int]:

@@ -143,9 +143,12 @@ class HTTPProvider:
         self.close()
 
     def __repr__(self) -> str:
+        # Also for a provider whose constructor raised half-way (a traceback with locals).
+        key = getattr(self, "_key", None)
         return (
-            f"{type(self).__name__}(api_key={redact(self._key.reveal())!r}, "
-            f"base_url={self.base_url!r}, timeout={self.timeout!r})"
+            f"{type(self).__name__}(api_key={'…' if key is None else redact(key.reveal())!r}, "
+            f"base_url={getattr(self, 'base_url', None)!r}, "
+            f"timeout={getattr(self, 'timeout', None)!r})"
         )
 
     def _request(self, method: str, path: str, payload: dict[str, Any] | None = None) -> Any:

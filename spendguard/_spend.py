@@ -8,11 +8,21 @@ running a ``with`` statement is the one running its body and calling ``__exit__`
 every thread and task, so the block's exit and :func:`current_hold` find its hold with
 one dictionary lookup. A context variable did the same at about 300 ns more per block
 (``benchmarks/run.py``, Python 3.11), a fifth of the whole block.
+
+CPython takes a pending signal (a Ctrl-C) at the start of any Python function and after
+any call returns. Should one interrupt a block's exit, its ``except`` clause, written with
+no call, takes the hold off the registry and leaves its settling to the account's next
+decision or reading. A signal taken at the very first instruction of ``__exit__`` is beyond
+the reach of any Python context manager: that block stays registered after its frame has
+stopped running, and :func:`settle_abandoned` (run by every reading of the guard) ends it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dis
+import inspect
+import math
 import sys
 import threading
 from decimal import Decimal
@@ -35,9 +45,13 @@ A frame belongs to one thread or task, which alone adds and removes its entries;
 operations are atomic, so the threads sharing it never see one half done."""
 
 _STRAYS = threading.Lock()
-"""Serialises the search for a block left from another frame than it was entered from."""
+"""Serialises the searches of the registry: for a block left from another frame than it
+was entered from, and for blocks whose frame stopped running."""
 
 _getframe = sys._getframe
+
+_DUE = -math.inf
+"""An account's ``next_expiry`` that sends its next decision through its deferred endings."""
 
 _RELAYS = frozenset(
     {
@@ -47,9 +61,63 @@ _RELAYS = frozenset(
 )
 """Code that enters a block on behalf of its caller: the block is its caller's."""
 
+_SUSPENDABLE = (
+    inspect.CO_GENERATOR
+    | inspect.CO_COROUTINE
+    | inspect.CO_ASYNC_GENERATOR
+    | inspect.CO_ITERABLE_COROUTINE
+)
+"""Code whose frame may wait outside every thread's stack, its blocks open."""
+
+_RETURNS = frozenset(
+    dis.opmap[name] for name in ("RETURN_VALUE", "RETURN_CONST") if name in dis.opmap
+)
+"""The opcodes a frame that ended without an exception ended at."""
+
 CALL_CODES: set[CodeType] = set()
 """The code objects of the decorator's closures: a frame running one is a guarded call,
 and its ``ticket`` local is the call's hold."""
+
+
+def settle_abandoned() -> None:
+    """Settle in full the holds of blocks whose frame an exception ended without leaving
+    them: a Ctrl-C taken as a block's ``__exit__`` started, before any of its code ran.
+
+    A frame that is not a generator's or a coroutine's runs exactly as long as it is on
+    some thread's stack, and one that ended at a return left its blocks open on purpose
+    (``__enter__`` called by hand, ``__exit__`` to come from elsewhere). Generator and
+    coroutine frames wait off every stack with their blocks open, so theirs are left to
+    ``hold_ttl``; so is everything once ``greenlet`` is imported, since a waiting
+    greenlet's frames leave every stack too.
+    """
+    if not _BLOCKS or "greenlet" in sys.modules:
+        return
+    running: set[FrameType] = set()
+    for top in sys._current_frames().values():
+        frame: FrameType | None = top
+        while frame is not None:
+            running.add(frame)
+            frame = frame.f_back
+    abandoned: list[Hold] = []
+    for frame, entry in list(_BLOCKS.items()):
+        code = frame.f_code
+        if (
+            frame in running
+            or code.co_flags & _SUSPENDABLE
+            or code.co_code[frame.f_lasti] in _RETURNS
+        ):
+            continue
+        taken = False
+        with _STRAYS:  # no call and no loop inside: nothing can interrupt it
+            if frame in _BLOCKS and _BLOCKS[frame] is entry:
+                del _BLOCKS[frame]
+                taken = True
+        found: _Entry | None = entry if taken else None
+        while found is not None:
+            abandoned.append(found[0])
+            found = found[2]
+    for hold in abandoned:
+        hold.settle()
 
 
 def current_hold() -> Hold | None:
@@ -144,7 +212,24 @@ class Spend:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._leave(_getframe(1), exc)
+        hold = None
+        try:
+            hold = self._close(_getframe(1))
+            self._engine.end_block(hold, hold.cost, exc)
+        except BaseException as interrupt:  # no call before the hold is deferred
+            trace = interrupt.__traceback__
+            frame = None if hold is not None or trace is None else trace.tb_frame.f_back
+            if frame is not None and frame in _BLOCKS and _BLOCKS[frame][1] is self:
+                hold, _, outer = _BLOCKS[frame]
+                if outer is None:
+                    del _BLOCKS[frame]
+                else:
+                    _BLOCKS[frame] = outer
+            if hold is not None:
+                account = self._engine.account
+                account.deferred += (hold.settle,)
+                account.next_expiry = _DUE
+            raise
 
     async def __aexit__(
         self,
@@ -153,49 +238,88 @@ class Spend:
         tb: TracebackType | None,
     ) -> None:
         # Synchronous on purpose: bookkeeping that cannot be interrupted by cancellation.
-        self._leave(_getframe(1), exc)
+        hold = None
+        try:
+            hold = self._close(_getframe(1))
+            self._engine.end_block(hold, hold.cost, exc)
+        except BaseException as interrupt:  # no call before the hold is deferred
+            trace = interrupt.__traceback__
+            frame = None if hold is not None or trace is None else trace.tb_frame.f_back
+            if frame is not None and frame in _BLOCKS and _BLOCKS[frame][1] is self:
+                hold, _, outer = _BLOCKS[frame]
+                if outer is None:
+                    del _BLOCKS[frame]
+                else:
+                    _BLOCKS[frame] = outer
+            if hold is not None:
+                account = self._engine.account
+                account.deferred += (hold.settle,)
+                account.next_expiry = _DUE
+            raise
 
-    def _leave(self, frame: FrameType, exc: BaseException | None) -> None:
-        """End the hold of this ``Spend``'s innermost block entered from ``frame``: settled
-        in full, or released when ``exc`` carries a 402."""
+    def _close(self, frame: FrameType) -> Hold:
+        """Take this ``Spend``'s innermost block entered from ``frame`` off the registry;
+        its hold. From the lookup on, nothing here is a call, so nothing can interrupt it."""
         entry = _BLOCKS.get(frame)
         if entry is not None and entry[1] is self:
-            hold, _, outer = entry
-            if outer is None:
+            if entry[2] is None:
                 del _BLOCKS[frame]
             else:
-                _BLOCKS[frame] = outer
-        else:
-            hold = self._stray()
-        self._engine.end_block(hold, hold.cost, exc)
+                _BLOCKS[frame] = entry[2]
+            return entry[0]
+        return self._stray(frame)
 
-    def _stray(self) -> Hold:
-        """Take this ``Spend``'s newest block entered from another frame than the one
-        leaving it (``contextlib.ExitStack`` leaves from a frame of its own).
+    def _stray(self, frame: FrameType) -> Hold:
+        """Take this ``Spend``'s newest block entered from another frame than ``frame``,
+        the one leaving it (``contextlib.ExitStack`` leaves from a frame of its own): one
+        of the frames that called ``frame`` first, then any thread's.
 
         Raises:
             RuntimeError: No block of this ``Spend`` is open.
         """
-        with _STRAYS:
-            for frame, entry in reversed(list(_BLOCKS.items())):
-                chain: list[tuple[Hold, Spend]] = []
-                found: _Entry | None = entry
-                while found is not None:
-                    chain.append((found[0], found[1]))
-                    found = found[2]
-                mine = next((i for i, (_, spend) in enumerate(chain) if spend is self), None)
-                if mine is None:
-                    continue
-                hold = chain.pop(mine)[0]
-                rebuilt: _Entry | None = None
-                for block, spend in reversed(chain):
-                    rebuilt = (block, spend, rebuilt)
-                if rebuilt is None:
-                    del _BLOCKS[frame]
-                else:
-                    _BLOCKS[frame] = rebuilt
+        callers: list[FrameType] = []
+        caller: FrameType | None = frame
+        while caller is not None:
+            callers.append(caller)
+            caller = caller.f_back
+        while True:
+            found = self._newest(callers)
+            if found is None:
+                break
+            found_in, entry, hold, rebuilt = found
+            taken = False
+            with _STRAYS:  # no call and no loop inside: nothing can interrupt it
+                if found_in in _BLOCKS and _BLOCKS[found_in] is entry:
+                    if rebuilt is None:
+                        del _BLOCKS[found_in]
+                    else:
+                        _BLOCKS[found_in] = rebuilt
+                    taken = True
+            if taken:
                 return hold
         raise RuntimeError(f"{self!r} was left more times than it was entered")
+
+    def _newest(
+        self, callers: list[FrameType]
+    ) -> tuple[FrameType, _Entry, Hold, _Entry | None] | None:
+        """Where this ``Spend``'s newest block is registered (``callers`` first, then any
+        frame), its entry there, its hold, and the entry without it; ``None``: nowhere."""
+        for found_in in (*callers, *reversed(list(_BLOCKS))):
+            entry = _BLOCKS.get(found_in)
+            chain: list[tuple[Hold, Spend]] = []
+            link = entry
+            while link is not None:
+                chain.append((link[0], link[1]))
+                link = link[2]
+            mine = next((i for i, (_, spend) in enumerate(chain) if spend is self), None)
+            if entry is None or mine is None:
+                continue
+            hold = chain.pop(mine)[0]
+            rebuilt: _Entry | None = None
+            for block, spend in reversed(chain):
+                rebuilt = (block, spend, rebuilt)
+            return found_in, entry, hold, rebuilt
+        return None
 
     def __repr__(self) -> str:
         return f"<Spend {format_amount(self.amount, self._engine.unit)}>"

@@ -6,7 +6,7 @@ SIGALRM every 0.4 ms raises KeyboardInterrupt anywhere inside a loop of one face
 guard (decorated calls, async calls, ``spend`` blocks, batches, a guard with a listener).
 Afterwards every hold is expired and the account inspected; the last line printed is a
 JSON report: interrupts landed, whether a lock is still held, what is held (the account's
-and the guard's), and whether the guard still admits.
+and the guard's) before and after the expiry, and whether the guard still admits.
 """
 
 from __future__ import annotations
@@ -134,6 +134,7 @@ def main(face: str, seconds: float) -> dict[str, object]:
                 pass
     gc.collect()
     account = guard._engine.account
+    before_expiry = guard.held  # what only hold_ttl could still end
     clock.now += 10**6  # every hold left behind expires
     guard.holds()
     locked = [account.lock.locked(), account.refresh_lock.locked()]
@@ -144,6 +145,7 @@ def main(face: str, seconds: float) -> dict[str, object]:
         "landed": storm.raised,
         "locked": locked,
         "held": [str(account_held), str(guard_held)],
+        "held_before_expiry": str(before_expiry),
         "admits_after": guard.check(1).sufficient,
     }
 

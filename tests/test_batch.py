@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import itertools
 import pickle
@@ -11,6 +12,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from decimal import Decimal
+from typing import Any
 
 import pytest
 import requests
@@ -595,6 +597,61 @@ def test_map_validates_workers() -> None:
         guard.map(str, [1], cost=1, workers=0)
 
 
+def test_map_refuses_a_coroutine_function_before_admitting_anything() -> None:
+    """map() runs in threads: a coroutine function (or a method or partial of one) would
+    only make coroutines; it is a TypeError before anything is held or spent."""
+    guard = _guard(10)
+
+    async def work(i: int) -> int:
+        return i
+
+    class Job:
+        async def __call__(self, i: int) -> int:
+            return i
+
+    for fn in (work, functools.partial(work), Job()):
+        with pytest.raises(TypeError, match=r"coroutine function: use `await guard\.amap"):
+            guard.map(fn, range(3), cost=1)  # type: ignore[arg-type]
+    assert (guard.spent, guard.held, guard.holds()) == (0, 0, [])
+
+
+def test_map_releases_an_item_whose_function_returned_an_awaitable() -> None:
+    """A plain function returning a coroutine ran nothing of it: the item's hold is
+    released, the coroutine closed (no 'never awaited' warning), and map stops there."""
+    guard = _guard(10)
+
+    async def later(i: int) -> int:
+        return i
+
+    made: list[Any] = []
+
+    def work(i: int) -> Any:
+        made.append(later(i))
+        return made[-1]
+
+    with pytest.raises(TypeError, match="returned coroutine without running it"):
+        guard.map(work, range(5), cost=1, workers=1)
+    assert len(made) == 1
+    assert made[0].cr_frame is None  # closed
+    assert (guard.spent, guard.held, guard.holds()) == (0, 0, [])
+
+
+def test_amap_of_a_plain_function_says_so_and_charges_what_ran() -> None:
+    """amap() of a function that returns no awaitable: the function ran (its cost is
+    charged, never lost), the error names it and points to map(), no further item starts."""
+    guard = _guard(10)
+    ran: list[int] = []
+
+    def double(i: int) -> int:
+        ran.append(i)
+        return i * 2
+
+    with pytest.raises(TypeError, match=r"double returns, but it returned int .*guard\.map"):
+        asyncio.run(guard.amap(double, range(5), cost=1, workers=1))  # type: ignore[arg-type]
+    assert ran == [0]
+    assert (guard.spent, guard.held, guard.holds()) == (1, 0, [])
+
+
 def test_amap_reports_refused_items() -> None:
     """amap() mirrors map() for coroutine functions."""
     guard = _guard(5)
@@ -627,6 +684,46 @@ def test_cancelled_amap_leaves_nothing_held() -> None:
 
     asyncio.run(main())
     assert (guard.held, guard.spent, guard.holds()) == (0, 4, [])
+
+
+@pytest.mark.parametrize("ending", ["settle", "settle 1", "release"])
+def test_ending_a_batchs_hold_ends_the_batch(ending: str) -> None:
+    """Once its hold is settled or released, a batch hands out no further item: nothing
+    would pay for it, and the balance must never admit more than it holds."""
+    guard = _guard(10)
+    ran: list[int] = []
+    with guard.batch(range(10), 1) as batch:
+        for item in batch:
+            ran.append(item)
+            if item == 2:
+                assert batch.hold is not None
+                if ending == "release":
+                    batch.hold.release()
+                else:
+                    batch.hold.settle(None if ending == "settle" else 1)
+    assert ran == [0, 1, 2]
+    spent = {"settle": 10, "settle 1": 1, "release": 2}[ending]
+    assert (guard.spent, guard.held, guard.holds()) == (spent, 0, [])
+    assert guard.check(10 - spent).sufficient
+    assert not guard.check(10 - spent + 1).sufficient
+
+
+def test_ending_an_async_batchs_hold_ends_the_batch() -> None:
+    """The same for ``abatch``."""
+    guard = _guard(10)
+    ran: list[int] = []
+
+    async def main() -> None:
+        async with guard.abatch(range(10), 1) as batch:
+            async for item in batch:
+                ran.append(item)
+                if item == 1:
+                    assert batch.hold is not None
+                    batch.hold.release()
+
+    asyncio.run(main())
+    assert ran == [0, 1]
+    assert (guard.spent, guard.held, guard.holds()) == (1, 0, [])
 
 
 def test_repr_of_a_batch(hyper3d: sg.Hyper3D) -> None:

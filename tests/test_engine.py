@@ -303,6 +303,40 @@ def test_blocks_entered_through_exit_stacks_end_their_own_holds() -> None:
     assert (hold.state, guard.spent, guard.held) == ("released", 4, 0)
 
 
+def test_one_spend_left_through_exit_stacks_in_two_threads_ends_each_threads_own() -> None:
+    """Two threads enter one Spend through exit stacks; the first to leave ends its own
+    hold, not the other thread's newer one."""
+    guard = _guard(100)
+    block = guard.spend(1)
+    first_in, second_in, first_out = threading.Event(), threading.Event(), threading.Event()
+    holds: dict[str, sg.Hold] = {}
+    seen: dict[str, object] = {}
+
+    def first() -> None:
+        with contextlib.ExitStack() as stack:
+            holds["first"] = stack.enter_context(block)
+            first_in.set()
+            second_in.wait(timeout=10)
+        first_out.set()
+
+    def second() -> None:
+        first_in.wait(timeout=10)
+        with contextlib.ExitStack() as stack:
+            holds["second"] = stack.enter_context(block)
+            second_in.set()
+            first_out.wait(timeout=10)
+            seen["current"] = sg.current_hold()
+            seen["states"] = (holds["first"].state, holds["second"].state)
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=10)
+    assert seen == {"current": holds["second"], "states": ("settled", "held")}
+    assert (guard.spent, guard.held, guard.holds()) == (2, 0, [])
+
+
 def test_one_spend_shared_by_threads_gives_each_its_own_hold() -> None:
     """Eight threads in one Spend at once: each sees and ends its own hold."""
     guard = _guard(100)

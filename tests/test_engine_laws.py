@@ -198,7 +198,9 @@ TestEngineMachine.settings = settings(max_examples=60, stateful_step_count=30, d
 def test_a_ctrl_c_storm_strands_nothing(face: str) -> None:
     """KeyboardInterrupt every 0.4 ms for 1.5 s during loops of each face (in a process of
     its own: the storm may wreck an event loop, not the test runner): afterwards nothing
-    hangs, no lock is held, and once every hold has expired nothing is held."""
+    hangs, no lock is held, almost nothing waits for a hold to expire (a ``spend`` block
+    interrupted as its ``__exit__`` starts is ended by the reading, its frame gone), and
+    nothing is held once every hold has expired."""
     child = Path(__file__).with_name("storm.py")
     done = subprocess.run(
         [sys.executable, str(child), face, "1.5"],
@@ -212,6 +214,11 @@ def test_a_ctrl_c_storm_strands_nothing(face: str) -> None:
     assert report["landed"] > 100
     assert report["locked"] == [False, False]
     assert report["held"] == ["0", "0"]
+    # One interrupt strands nothing (tests/test_interrupts.py); a second landing in the
+    # first one's cleanup may leave a hold to hold_ttl. Before the one-rule exits and the
+    # sweep of stopped frames, a spend storm left one credit per 7 interrupts, a batch
+    # storm one per 2.
+    assert Decimal(report["held_before_expiry"]) * 50 <= report["landed"]
     assert report["admits_after"] is True
 
 

@@ -336,11 +336,16 @@ def test_loopback_http_is_allowed(url: str) -> None:
     assert sg.Hyper3D("key", base_url=url).base_url == url
 
 
-@pytest.mark.parametrize("key", ["", "   ", "ab cd", "ab\ncd"])
-def test_bad_keys_are_refused(key: str) -> None:
-    """Empty keys and keys with whitespace (header injection) are refused."""
-    with pytest.raises(sg.ConfigurationError, match="API key"):
-        sg.Orthogonal(key)
+@pytest.mark.parametrize(
+    "key", ["", "   ", "ab cd", "ab\ncd", "ab\tcd", "hk_live\u2013abcdef", "“abcdefgh”", "ab\x7fcd"]
+)
+@pytest.mark.parametrize("provider", [sg.Orthogonal, sg.Hyper3D])
+def test_bad_keys_are_refused(provider: type[sg.Orthogonal | sg.Hyper3D], key: str) -> None:
+    """Empty keys, keys with whitespace (header injection) and keys no header can carry (a
+    pasted dash or curly quote) are refused when the provider is made, never at a call."""
+    with pytest.raises(sg.ConfigurationError, match="API key") as info:
+        provider(key)
+    assert key.strip() not in str(info.value) or not key.strip()
 
 
 def test_keys_never_leak(sim: ProviderSimulator, spendguard_logs: pytest.LogCaptureFixture) -> None:

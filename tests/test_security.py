@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import traceback
 from collections.abc import Iterator
 
 import pytest
@@ -191,6 +192,37 @@ def test_key_goes_only_to_the_configured_host(keyed_sim: ProviderSimulator) -> N
         assert other.count() == 0
     sent = [r.headers.get("Authorization") for r in keyed_sim.requests]
     assert sent == [f"Bearer {KEY}"]
+
+
+@pytest.mark.parametrize("echo", [KEY.lower(), KEY.upper(), KEY.swapcase()[3:30]])
+def test_a_key_echoed_in_another_case_is_scrubbed(echo: str) -> None:
+    """A provider may echo the key upper- or lower-cased: no run of it survives either way."""
+    with ProviderSimulator(api_key=KEY) as sim, sg.Hyper3D(KEY, base_url=sim.url) as provider:
+        sim.fail("*", status=401, body={"error": f"invalid api key: {echo}"})
+        with pytest.raises(sg.AuthenticationError) as info:
+            provider.fetch_balance()
+    for text in _texts_of(info.value):
+        folded = text.lower()
+        assert all(piece.lower() not in folded for piece in PIECES), text
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"timeout": -1}, {"base_url": "http://example.com"}, {"retries": -1}],
+    ids=["timeout", "url", "retries"],
+)
+@pytest.mark.parametrize("provider", [sg.Orthogonal, sg.Hyper3D])
+def test_a_refused_provider_renders_with_locals(
+    provider: type[sg.Orthogonal | sg.Hyper3D], options: dict[str, object]
+) -> None:
+    """A constructor that refuses its options leaves a half-made provider in its frames:
+    a traceback rendered with locals still renders, and shows no key."""
+    with pytest.raises(sg.ConfigurationError) as info:
+        provider(KEY, **options)  # type: ignore[arg-type]
+    rendered = traceback.TracebackException.from_exception(info.value, capture_locals=True)
+    frames = [frame for frame in rendered.stack if "spendguard" in frame.filename]
+    assert frames
+    _assert_clean([repr(frame.locals) for frame in frames])
 
 
 def test_short_keys_do_not_garble_answers() -> None:

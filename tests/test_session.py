@@ -141,10 +141,18 @@ def test_unpriced_tier_is_refused_before_sending(
     assert sim.count(RODIN) == 0
 
 
-def test_rodin_prices_override(sim: ProviderSimulator, rodin_guard: sg.SpendGuard) -> None:
+@pytest.mark.parametrize("made_by", ["GuardedSession", "guard.session"])
+def test_rodin_prices_override(
+    sim: ProviderSimulator, rodin_guard: sg.SpendGuard, made_by: str
+) -> None:
     """With an extended price table the Detail tier is priced and sent."""
     table = RODIN_PRICES.with_tiers(Detail="0.5")
-    with sg.GuardedSession(rodin_guard, rodin_prices=table) as session:
+    session = (
+        sg.GuardedSession(rodin_guard, rodin_prices=table)
+        if made_by == "GuardedSession"
+        else rodin_guard.session(rodin_prices=table)
+    )
+    with session:
         session.headers["Authorization"] = f"Bearer {sim.api_key}"
         assert _post(session, f"{sim.url}/api/v2/rodin", data={"tier": "Detail"}) == 201
     assert rodin_guard.spent == Decimal("0.5")
