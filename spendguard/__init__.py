@@ -78,15 +78,8 @@ __all__ = [
 
 # The errors read as ``spendguard.Name`` in tracebacks, not as the private module that
 # defines them (other classes keep theirs, where ``inspect.getsource`` finds them).
-for _error in (
-    AuthenticationError,
-    BalanceUnavailable,
-    ConfigurationError,
-    InsufficientCredits,
-    LedgerError,
-    ProviderError,
-    ReentryError,
-    SpendGuardError,
-):
-    _error.__module__ = __name__
-del _error
+for _name in __all__:
+    _public = globals()[_name]
+    if isinstance(_public, type) and issubclass(_public, SpendGuardError):
+        _public.__module__ = __name__
+del _name, _public

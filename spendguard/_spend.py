@@ -216,7 +216,8 @@ class Spend:
         try:
             hold = self._close(_getframe(1))
             self._engine.end_block(hold, hold.cost, exc)
-        except BaseException as interrupt:  # no call before the hold is deferred
+        except BaseException as interrupt:  # written out, here and in __aexit__: a call
+            # could itself be interrupted before the hold is deferred
             trace = interrupt.__traceback__
             frame = None if hold is not None or trace is None else trace.tb_frame.f_back
             if frame is not None and frame in _BLOCKS and _BLOCKS[frame][1] is self:
@@ -242,7 +243,7 @@ class Spend:
         try:
             hold = self._close(_getframe(1))
             self._engine.end_block(hold, hold.cost, exc)
-        except BaseException as interrupt:  # no call before the hold is deferred
+        except BaseException as interrupt:  # no call (one could be interrupted): as in __exit__
             trace = interrupt.__traceback__
             frame = None if hold is not None or trace is None else trace.tb_frame.f_back
             if frame is not None and frame in _BLOCKS and _BLOCKS[frame][1] is self:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import ast
 import inspect
 import itertools
+import pickle
 import sys
+import traceback
 import typing
 from pathlib import Path
 from types import ModuleType
@@ -83,3 +85,19 @@ def test_every_type_alias_is_documented() -> None:
 def test_version() -> None:
     """The version is a string."""
     assert isinstance(sg.__version__, str)
+
+
+def test_errors_read_as_the_public_package() -> None:
+    """Every exported error names ``spendguard`` in a traceback, and pickles by it."""
+    errors = [
+        value
+        for value in map(vars(sg).get, sg.__all__)
+        if isinstance(value, type) and issubclass(value, BaseException)
+    ]
+    assert len(errors) >= 8
+    for error in errors:
+        assert error.__module__ == "spendguard", error
+    error = sg.ConfigurationError("bad option")
+    line = traceback.format_exception_only(error)[-1]
+    assert line == "spendguard.ConfigurationError: bad option\n"
+    assert type(pickle.loads(pickle.dumps(error))) is sg.ConfigurationError
