@@ -15,6 +15,8 @@ no call, takes the hold off the registry and leaves its settling to the account'
 decision or reading. A signal taken at the very first instruction of ``__exit__`` is beyond
 the reach of any Python context manager: that block stays registered after its frame has
 stopped running, and :func:`settle_abandoned` (run by every reading of the guard) ends it.
+Only blocks a ``with`` statement entered qualify (its instruction is kept in the entry):
+one entered by hand may be left from elsewhere, later.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import inspect
 import math
 import sys
 import threading
+from collections.abc import Callable
 from decimal import Decimal
 from types import CodeType, FrameType, TracebackType
 from typing import TYPE_CHECKING, TypeAlias
@@ -36,11 +39,12 @@ from ._money import format_amount
 if TYPE_CHECKING:
     from ._engine import Engine
 
-_Entry: TypeAlias = "tuple[Hold, Spend, _Entry | None]"
+_Entry: TypeAlias = "tuple[Hold, Spend, _Entry | None, int]"
 
 _BLOCKS: dict[FrameType, _Entry] = {}
 """The open ``spend`` blocks, by the frame that entered them: the innermost block's hold,
-its ``Spend``, and the entry of the block it is nested in within that frame (or ``None``).
+its ``Spend``, the entry of the block it is nested in within that frame (or ``None``),
+and the offset of the frame's instruction that entered it (-1 through an exit stack).
 A frame belongs to one thread or task, which alone adds and removes its entries; dict
 operations are atomic, so the threads sharing it never see one half done."""
 
@@ -69,10 +73,8 @@ _SUSPENDABLE = (
 )
 """Code whose frame may wait outside every thread's stack, its blocks open."""
 
-_RETURNS = frozenset(
-    dis.opmap[name] for name in ("RETURN_VALUE", "RETURN_CONST") if name in dis.opmap
-)
-"""The opcodes a frame that ended without an exception ended at."""
+_WITHS = frozenset(dis.opmap[name] for name in ("BEFORE_WITH", "SETUP_WITH") if name in dis.opmap)
+"""The opcodes of a ``with`` statement calling ``__enter__`` (3.11 and later; 3.10)."""
 
 CALL_CODES: set[CodeType] = set()
 """The code objects of the decorator's closures: a frame running one is a guarded call,
@@ -80,18 +82,21 @@ and its ``ticket`` local is the call's hold."""
 
 
 def settle_abandoned() -> None:
-    """Settle in full the holds of blocks whose frame an exception ended without leaving
-    them: a Ctrl-C taken as a block's ``__exit__`` started, before any of its code ran.
+    """Settle in full the holds of blocks a ``with`` statement entered in a frame that
+    stopped running without leaving them: a Ctrl-C taken as the block's ``__exit__``
+    started, before any of its code ran (a ``with`` statement leaves its blocks on every
+    other way out of its frame).
 
     A frame that is not a generator's or a coroutine's runs exactly as long as it is on
-    some thread's stack, and one that ended at a return left its blocks open on purpose
-    (``__enter__`` called by hand, ``__exit__`` to come from elsewhere). Generator and
-    coroutine frames wait off every stack with their blocks open, so theirs are left to
-    ``hold_ttl``; so is everything once ``greenlet`` is imported, since a waiting
-    greenlet's frames leave every stack too.
+    some thread's stack; the stacks are read after the registry, so that a block entered
+    meanwhile is not taken for a stopped one. Generator and coroutine frames wait off
+    every stack with their blocks open, so theirs are left to ``hold_ttl``; so is
+    everything once ``greenlet`` is imported, since a waiting greenlet's frames leave
+    every stack too.
     """
     if not _BLOCKS or "greenlet" in sys.modules:
         return
+    entries = _BLOCKS.copy().items()  # a copy in one step: other threads change the registry
     running: set[FrameType] = set()
     for top in sys._current_frames().values():
         frame: FrameType | None = top
@@ -99,25 +104,65 @@ def settle_abandoned() -> None:
             running.add(frame)
             frame = frame.f_back
     abandoned: list[Hold] = []
-    for frame, entry in list(_BLOCKS.items()):
-        code = frame.f_code
-        if (
-            frame in running
-            or code.co_flags & _SUSPENDABLE
-            or code.co_code[frame.f_lasti] in _RETURNS
-        ):
+    for frame, entry in entries:
+        if frame in running or frame.f_code.co_flags & _SUSPENDABLE:
+            continue
+        left = _unlink(entry, _entered_by_with(frame.f_code))
+        if left is entry:
             continue
         taken = False
         with _STRAYS:  # no call and no loop inside: nothing can interrupt it
             if frame in _BLOCKS and _BLOCKS[frame] is entry:
-                del _BLOCKS[frame]
+                if left is None:
+                    del _BLOCKS[frame]
+                else:
+                    _BLOCKS[frame] = left
                 taken = True
-        found: _Entry | None = entry if taken else None
-        while found is not None:
-            abandoned.append(found[0])
-            found = found[2]
+        link: _Entry | None = entry if taken else None
+        while link is not None:
+            if _by_with(frame.f_code, link[3]):
+                abandoned.append(link[0])
+            link = link[2]
     for hold in abandoned:
         hold.settle()
+
+
+def _entered_by_with(code: CodeType) -> Callable[[_Entry], bool]:
+    """Whether a link of an entry in a frame running ``code`` was entered by a ``with``."""
+
+    def entered(link: _Entry) -> bool:
+        return _by_with(code, link[3])
+
+    return entered
+
+
+def _by_with(code: CodeType, offset: int) -> bool:
+    """Whether the instruction at ``offset`` in ``code`` is a ``with`` statement's."""
+    return offset >= 0 and code.co_code[offset] in _WITHS
+
+
+def _unlink(entry: _Entry, gone: Callable[[_Entry], bool]) -> _Entry | None:
+    """``entry``'s chain without the links ``gone`` picks (``entry`` itself if none)."""
+    kept: list[_Entry] = []
+    link: _Entry | None = entry
+    while link is not None:
+        if not gone(link):
+            kept.append(link)
+        link = link[2]
+    if len(kept) == _length(entry):
+        return entry
+    rebuilt: _Entry | None = None
+    for hold, spend, _, offset in reversed(kept):
+        rebuilt = (hold, spend, rebuilt, offset)
+    return rebuilt
+
+
+def _length(entry: _Entry | None) -> int:
+    count = 0
+    while entry is not None:
+        count += 1
+        entry = entry[2]
+    return count
 
 
 def current_hold() -> Hold | None:
@@ -202,9 +247,10 @@ class Spend:
     def _open(self, hold: Hold, frame: FrameType) -> None:
         """Register ``hold`` as the innermost block of ``frame`` (or of the frame that
         asked ``frame`` to enter it, for an exit stack)."""
+        offset = frame.f_lasti
         if frame.f_code in _RELAYS:
-            frame = frame.f_back or frame
-        _BLOCKS[frame] = (hold, self, _BLOCKS.get(frame))
+            frame, offset = frame.f_back or frame, -1
+        _BLOCKS[frame] = (hold, self, _BLOCKS.get(frame), offset)
 
     def __exit__(
         self,
@@ -221,7 +267,7 @@ class Spend:
             trace = interrupt.__traceback__
             frame = None if hold is not None or trace is None else trace.tb_frame.f_back
             if frame is not None and frame in _BLOCKS and _BLOCKS[frame][1] is self:
-                hold, _, outer = _BLOCKS[frame]
+                hold, _, outer, _ = _BLOCKS[frame]
                 if outer is None:
                     del _BLOCKS[frame]
                 else:
@@ -247,7 +293,7 @@ class Spend:
             trace = interrupt.__traceback__
             frame = None if hold is not None or trace is None else trace.tb_frame.f_back
             if frame is not None and frame in _BLOCKS and _BLOCKS[frame][1] is self:
-                hold, _, outer = _BLOCKS[frame]
+                hold, _, outer, _ = _BLOCKS[frame]
                 if outer is None:
                     del _BLOCKS[frame]
                 else:
@@ -268,23 +314,25 @@ class Spend:
             else:
                 _BLOCKS[frame] = entry[2]
             return entry[0]
-        return self._stray(frame)
+        return self._stray()
 
-    def _stray(self, frame: FrameType) -> Hold:
-        """Take this ``Spend``'s newest block entered from another frame than ``frame``,
-        the one leaving it (``contextlib.ExitStack`` leaves from a frame of its own): one
-        of the frames that called ``frame`` first, then any thread's.
+    def _stray(self) -> Hold:
+        """Take this ``Spend``'s newest block entered from another frame than the one
+        leaving it (``contextlib.ExitStack`` leaves from a frame of its own), leaving
+        alone the blocks of frames other threads are running.
 
         Raises:
             RuntimeError: No block of this ``Spend`` is open.
         """
-        callers: list[FrameType] = []
-        caller: FrameType | None = frame
-        while caller is not None:
-            callers.append(caller)
-            caller = caller.f_back
+        me = threading.get_ident()
+        others: set[FrameType] = set()
+        for thread, top in sys._current_frames().items():
+            frame: FrameType | None = top if thread != me else None
+            while frame is not None:
+                others.add(frame)
+                frame = frame.f_back
         while True:
-            found = self._newest(callers)
+            found = self._newest(others)
             if found is None:
                 break
             found_in, entry, hold, rebuilt = found
@@ -301,26 +349,29 @@ class Spend:
         raise RuntimeError(f"{self!r} was left more times than it was entered")
 
     def _newest(
-        self, callers: list[FrameType]
+        self, others: set[FrameType]
     ) -> tuple[FrameType, _Entry, Hold, _Entry | None] | None:
-        """Where this ``Spend``'s newest block is registered (``callers`` first, then any
-        frame), its entry there, its hold, and the entry without it; ``None``: nowhere."""
-        for found_in in (*callers, *reversed(list(_BLOCKS))):
+        """Where this ``Spend``'s newest block is registered, outside ``others``; its
+        entry there, its hold, and the entry without it. ``None``: nowhere. A block an
+        exit stack entered goes first, then one entered by hand; never one a ``with``
+        statement entered, which its own frame leaves.
+        """
+        newest: tuple[FrameType, _Entry, _Entry] | None = None
+        for found_in in reversed(_BLOCKS.copy()):  # one step, as other threads change it
             entry = _BLOCKS.get(found_in)
-            chain: list[tuple[Hold, Spend]] = []
-            link = entry
-            while link is not None:
-                chain.append((link[0], link[1]))
-                link = link[2]
-            mine = next((i for i, (_, spend) in enumerate(chain) if spend is self), None)
-            if entry is None or mine is None:
+            if entry is None or found_in in others:
                 continue
-            hold = chain.pop(mine)[0]
-            rebuilt: _Entry | None = None
-            for block, spend in reversed(chain):
-                rebuilt = (block, spend, rebuilt)
-            return found_in, entry, hold, rebuilt
-        return None
+            link: _Entry | None = entry
+            while link is not None:
+                if link[1] is self and link[3] < 0:
+                    return found_in, entry, link[0], _unlink(entry, link.__eq__)
+                if link[1] is self and newest is None and not _by_with(found_in.f_code, link[3]):
+                    newest = found_in, entry, link
+                link = link[2]
+        if newest is None:
+            return None
+        found_in, entry, mine = newest
+        return found_in, entry, mine[0], _unlink(entry, mine.__eq__)
 
     def __repr__(self) -> str:
         return f"<Spend {format_amount(self.amount, self._engine.unit)}>"

@@ -23,6 +23,7 @@ import gc
 import itertools
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -201,24 +202,30 @@ def test_an_interrupt_at_any_point_leaves_nothing_held(face: str) -> None:
 # -- blocks whose frame stopped running ------------------------------------------------------
 
 
-def test_a_block_whose_frame_an_exception_ended_is_settled_by_the_next_reading() -> None:
-    """The shape a Ctrl-C at ``__exit__``'s first instruction leaves: a block entered in
-    a frame that an exception then ended. The next reading settles it in full."""
+def test_a_with_block_interrupted_as_its_exit_starts_is_settled_by_the_next_reading() -> None:
+    """A Ctrl-C at ``__exit__``'s first instruction, before any of its code runs: once the
+    exception has ended the block's frame, the next reading settles the block in full."""
     guard = sg.SpendGuard(Wallet(), ttl=3600, hold_ttl=None)
-    block = guard.spend(2)
+    exits = {sg.Spend.__exit__.__code__}
 
-    def interrupted() -> None:
-        block.__enter__()
-        raise Interrupted
+    def profile(frame: FrameType, event: str, arg: Any) -> None:
+        if event == "call" and frame.f_code in exits:
+            sys.setprofile(None)
+            raise Interrupted
+
+    def work() -> None:
+        with guard.spend(2):
+            sys.setprofile(profile)
 
     with pytest.raises(Interrupted):
-        interrupted()
+        work()
+    sys.setprofile(None)
     assert (guard.held, guard.spent, guard.holds()) == (0, 2, [])
 
 
 def test_blocks_still_running_are_never_taken_for_abandoned() -> None:
     """Blocks open in another thread, in a waiting generator, in a waiting coroutine, and
-    one entered by hand in a frame that returned (to be left from elsewhere): readings
+    one entered by hand in a frame that then raised (to be left from elsewhere): readings
     leave them all held, and each ends once, by its own exit."""
     guard = sg.SpendGuard(Wallet(), ttl=3600, hold_ttl=None)
     inside, release = threading.Event(), threading.Event()
@@ -235,7 +242,8 @@ def test_blocks_still_running_are_never_taken_for_abandoned() -> None:
     manual = guard.spend(4)
 
     def enter_by_hand() -> sg.Hold:
-        return manual.__enter__()
+        manual.__enter__()
+        raise ValueError("a check after entering failed; the caller leaves the block later")
 
     async def in_coroutine(reached: asyncio.Event, go_on: asyncio.Event) -> None:
         async with guard.spend(8):
@@ -255,7 +263,9 @@ def test_blocks_still_running_are_never_taken_for_abandoned() -> None:
     assert inside.wait(timeout=10)
     generator = in_generator()
     next(generator)
-    hold = enter_by_hand()
+    with pytest.raises(ValueError, match="check after entering"):
+        enter_by_hand()
+    (hold,) = [h for h in guard.holds() if h.amount == 4]
     assert (guard.held, len(guard.holds())) == (7, 3)
     asyncio.run(main())
     assert (guard.held, guard.spent) == (7, 8)
@@ -263,8 +273,9 @@ def test_blocks_still_running_are_never_taken_for_abandoned() -> None:
     thread.join(timeout=10)
     generator.close()
     assert (guard.held, guard.spent) == (4, 11)
+    hold.settle(1)
     manual.__exit__(None, None, None)
-    assert (hold.state, guard.held, guard.spent, guard.holds()) == ("settled", 0, 15, [])
+    assert (hold.state, guard.held, guard.spent, guard.holds()) == ("settled", 0, 12, [])
 
 
 # -- exception tables ---------------------------------------------------------------------
@@ -314,3 +325,84 @@ def test_no_with_block_lets_a_signal_skip_its_exit() -> None:
                     and not any(e.start <= jump.offset < e.end for e in entries)
                 ]
     assert not gaps, gaps
+
+
+def test_a_block_entered_while_a_reading_looks_is_not_taken_for_abandoned() -> None:
+    """A thread entering a block in a new frame while another thread's reading walks the
+    stacks: the block is registered after the registry was read, or its frame is on a
+    stack; never settled from under its own body."""
+    wallet = Wallet()
+    wallet.balance = Decimal(10**9)
+    guard = sg.SpendGuard(wallet, ttl=3600, hold_ttl=None)
+    stop = threading.Event()
+    wrong: list[str] = []
+
+    def one_block() -> None:
+        with guard.spend(1) as hold:
+            if hold.state != "held":
+                wrong.append(hold.state)
+
+    def worker() -> None:
+        while not stop.is_set():
+            one_block()
+
+    threads = [threading.Thread(target=worker) for _ in range(3)]
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + 1.5
+        while time.monotonic() < deadline:
+            guard.held  # noqa: B018 - a reading, for its sweep
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=10)
+        sys.setswitchinterval(switch)
+    assert wrong == []
+    assert (guard.held, guard.holds()) == (0, [])
+
+
+def test_exit_stacks_end_their_own_block_of_a_shared_spend() -> None:
+    """Two exit stacks in one thread, each entering the same (cached) Spend, the inner one
+    from a helper that returned: closing the inner stack ends its own block."""
+    guard = sg.SpendGuard(Wallet(), ttl=3600, hold_ttl=None)
+    outer, inner = contextlib.ExitStack(), contextlib.ExitStack()
+    whole = outer.enter_context(guard.spend(1))
+
+    def step() -> sg.Hold:
+        return inner.enter_context(guard.spend(1))
+
+    part = step()
+    inner.close()
+    assert (part.state, whole.state) == ("settled", "held")
+    whole.settle("0.5")
+    outer.close()
+    assert (guard.spent, guard.held) == (Decimal("1.5"), 0)
+
+
+def test_a_block_left_from_elsewhere_is_never_a_with_statements_own() -> None:
+    """A block a ``with`` statement entered is left by that statement alone: an exit stack
+    closed, or a block entered by hand left from another function, inside such a block of
+    the same (cached) Spend ends its own block."""
+    guard = sg.SpendGuard(Wallet(), ttl=3600, hold_ttl=None)
+    stack = contextlib.ExitStack()
+    with guard.spend(1) as mine:
+        theirs = stack.enter_context(guard.spend(1))
+        stack.close()
+        assert (theirs.state, mine.state) == ("settled", "held")
+        mine.settle("0.25")
+    assert (guard.spent, guard.held) == (Decimal("1.25"), 0)
+
+    def enter_by_hand() -> sg.Hold:
+        return guard.spend(2).__enter__()
+
+    def leave_by_hand() -> None:
+        guard.spend(2).__exit__(None, None, None)
+
+    by_hand = enter_by_hand()
+    with guard.spend(2) as inside:
+        leave_by_hand()
+        assert (by_hand.state, inside.state) == ("settled", "held")
+    assert (guard.spent, guard.held, guard.holds()) == (Decimal("5.25"), 0, [])
