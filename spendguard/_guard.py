@@ -206,14 +206,14 @@ class SpendGuard:
     @property
     def spent(self) -> Decimal:
         """What calls through this guard have spent (settled) so far."""
-        settle_abandoned()
+        settle_abandoned(self._engine.account)
         self._engine.settle()
         return from_atoms(self._engine.tally.spent)
 
     @property
     def held(self) -> Decimal:
         """What calls through this guard hold right now."""
-        settle_abandoned()
+        settle_abandoned(self._engine.account)
         self._engine.settle()
         return from_atoms(self._engine.tally.held)
 
@@ -353,7 +353,7 @@ class SpendGuard:
 
     def available(self) -> Decimal:
         """What this guard could spend now: balance minus holds and floor, within budget."""
-        settle_abandoned()
+        settle_abandoned(self._engine.account)
         return self._engine.read_available()
 
     async def aavailable(self) -> Decimal:
@@ -372,7 +372,7 @@ class SpendGuard:
         Expired holds are reported (a WARNING) and left out. Decorated calls hold credit
         too, but are not listed: they always end when the call returns or raises.
         """
-        settle_abandoned()
+        settle_abandoned(self._engine.account)
         return self._engine.open_holds()
 
     def session(

@@ -32,7 +32,7 @@ from decimal import Decimal
 from types import CodeType, FrameType, TracebackType
 from typing import TYPE_CHECKING, TypeAlias
 
-from ._account import PENDING, Ticket
+from ._account import PENDING, Account, Ticket
 from ._hold import CallHold, Hold
 from ._money import format_amount
 
@@ -81,8 +81,9 @@ CALL_CODES: set[CodeType] = set()
 and its ``ticket`` local is the call's hold."""
 
 
-def settle_abandoned() -> None:
-    """Settle in full the holds of blocks a ``with`` statement entered in a frame that
+def settle_abandoned(account: Account) -> None:
+    """Settle in full the holds on ``account`` of blocks a ``with`` statement entered in a
+    frame that
     stopped running without leaving them: a Ctrl-C taken as the block's ``__exit__``
     started, before any of its code ran (a ``with`` statement leaves its blocks on every
     other way out of its frame).
@@ -107,7 +108,7 @@ def settle_abandoned() -> None:
     for frame, entry in entries:
         if frame in running or frame.f_code.co_flags & _SUSPENDABLE:
             continue
-        left = _unlink(entry, _entered_by_with(frame.f_code))
+        left = _unlink(entry, _entered_by_with(frame.f_code, account))
         if left is entry:
             continue
         taken = False
@@ -118,20 +119,22 @@ def settle_abandoned() -> None:
                 else:
                     _BLOCKS[frame] = left
                 taken = True
+        stranded = _entered_by_with(frame.f_code, account)
         link: _Entry | None = entry if taken else None
         while link is not None:
-            if _by_with(frame.f_code, link[3]):
+            if stranded(link):
                 abandoned.append(link[0])
             link = link[2]
     for hold in abandoned:
         hold.settle()
 
 
-def _entered_by_with(code: CodeType) -> Callable[[_Entry], bool]:
-    """Whether a link of an entry in a frame running ``code`` was entered by a ``with``."""
+def _entered_by_with(code: CodeType, account: Account) -> Callable[[_Entry], bool]:
+    """Whether a link of an entry in a frame running ``code`` was entered by a ``with``
+    and holds on ``account``."""
 
     def entered(link: _Entry) -> bool:
-        return _by_with(code, link[3])
+        return link[0].engine.account is account and _by_with(code, link[3])
 
     return entered
 
