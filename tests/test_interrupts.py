@@ -180,7 +180,7 @@ def test_an_interrupt_at_any_point_leaves_nothing_held(face: str) -> None:
         with contextlib.suppress(Interrupted, ValueError), interrupt_at(k, seen):
             use(guard)
         if "async" in face:
-            gc.collect()  # coroutines the interrupt left behind are closed now, unprofiled
+            gc.collect(0)  # coroutines the interrupt left behind are closed now, unprofiled
         if not seen:
             break
         points += seen
