@@ -675,7 +675,7 @@ class SQLiteLedger:
         if connection.execute("PRAGMA user_version").fetchone()[0] != sql.VERSION:
             self._create(connection)
         stored = connection.execute(sql.SELECT_BOOT).fetchone()
-        if (stored[0] if stored else "") != self._boot:
+        if stored is None or stored[0] != self._boot:
             self._after_reboot(connection)
 
     def _create(self, connection: sqlite3.Connection) -> None:
@@ -703,10 +703,9 @@ class SQLiteLedger:
         connection.execute("BEGIN IMMEDIATE")
         try:
             stored = connection.execute(sql.SELECT_BOOT).fetchone()
-            if (stored[0] if stored else "") != self._boot:
-                if stored is not None:
-                    for statement in sql.FORGET_ALL:
-                        connection.execute(statement)
+            if stored is None or stored[0] != self._boot:
+                for statement in sql.FORGET_ALL:  # nothing to forget in a new file
+                    connection.execute(statement)
                 connection.execute(sql.SET_BOOT, (self._boot,))
             connection.execute("COMMIT")
         except BaseException:

@@ -190,9 +190,12 @@ def test_the_ledger_clock_drives_ttl_and_expiry(path: Path, clock: FakeClock) ->
         hold.release()
 
 
-def test_times_from_another_boot_are_forgotten(path: Path, clock: FakeClock) -> None:
-    """A file last used with another boot's clock (here: a fake one) drops its holds and
-    its snapshot when the machine's clock opens it."""
+@pytest.mark.parametrize("start", [1000.0, 1e12])
+def test_times_from_another_boot_are_forgotten(path: Path, start: float) -> None:
+    """A file last used with another boot's clock (here: a fake one, which stores no boot)
+    drops its holds and its snapshot when the machine's clock opens it, whether the fake
+    time is behind or far ahead of the machine's."""
+    clock = FakeClock(start)
     wallet = _Wallet(Decimal(10))
     with SQLiteLedger(path, clock=clock) as before:
         guard = sg.SpendGuard(wallet, ledger=before, clock=clock)
