@@ -14,9 +14,15 @@ any call returns. Should one interrupt a block's exit, its ``except`` clause, wr
 no call, takes the hold off the registry and leaves its settling to the account's next
 decision or reading. A signal taken at the very first instruction of ``__exit__`` is beyond
 the reach of any Python context manager: that block stays registered after its frame has
-stopped running, and :func:`settle_abandoned` (run by every reading of the guard) ends it.
-Only blocks a ``with`` statement entered qualify (its instruction is kept in the entry):
-one entered by hand may be left from elsewhere, later.
+stopped running, and :func:`settle_abandoned` (run by every reading of the guard in the
+thread that entered it: signals reach the main thread alone) ends it. Only blocks a
+``with`` statement entered qualify (its instruction is kept in the entry): one entered by
+hand may be left from elsewhere, later.
+
+Nothing here reads another thread's stack: on CPython 3.11, following ``f_back`` from a
+frame of another running thread can return a freed object and crash the interpreter (a
+segfault in ``PyFrame_GetBack``, seen here under ``sys.setswitchinterval(1e-6)``). Each
+entry records the thread that entered it instead.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import inspect
 import math
 import sys
 import threading
+from _thread import get_ident
 from collections.abc import Callable
 from decimal import Decimal
 from types import CodeType, FrameType, TracebackType
@@ -39,14 +46,15 @@ from ._money import format_amount
 if TYPE_CHECKING:
     from ._engine import Engine
 
-_Entry: TypeAlias = "tuple[Hold, Spend, _Entry | None, int]"
+_Entry: TypeAlias = "tuple[Hold, Spend, _Entry | None, int, int]"
 
 _BLOCKS: dict[FrameType, _Entry] = {}
 """The open ``spend`` blocks, by the frame that entered them: the innermost block's hold,
 its ``Spend``, the entry of the block it is nested in within that frame (or ``None``),
-and the offset of the frame's instruction that entered it (-1 through an exit stack).
-A frame belongs to one thread or task, which alone adds and removes its entries; dict
-operations are atomic, so the threads sharing it never see one half done."""
+the offset of the frame's instruction that entered it (-1 through an exit stack), and
+the identifier of the thread that entered it. A frame belongs to one thread or task,
+which alone adds and removes its entries; dict operations are atomic, so the threads
+sharing it never see one half done."""
 
 _STRAYS = threading.Lock()
 """Serialises the searches of the registry: for a block left from another frame than it
@@ -82,31 +90,30 @@ and its ``ticket`` local is the call's hold."""
 
 
 def settle_abandoned(account: Account) -> None:
-    """Settle in full the holds on ``account`` of blocks a ``with`` statement entered in a
-    frame that
-    stopped running without leaving them: a Ctrl-C taken as the block's ``__exit__``
-    started, before any of its code ran (a ``with`` statement leaves its blocks on every
-    other way out of its frame).
+    """Settle in full the holds on ``account`` of blocks this thread's ``with`` statements
+    entered in a frame that stopped running without leaving them: a Ctrl-C taken as the
+    block's ``__exit__`` started, before any of its code ran (a ``with`` statement leaves
+    its blocks on every other way out of its frame).
 
-    A frame that is not a generator's or a coroutine's runs exactly as long as it is on
-    some thread's stack; the stacks are read after the registry, so that a block entered
-    meanwhile is not taken for a stopped one. Generator and coroutine frames wait off
-    every stack with their blocks open, so theirs are left to ``hold_ttl``; so is
-    everything once ``greenlet`` is imported, since a waiting greenlet's frames leave
-    every stack too.
+    A frame that is not a generator's or a coroutine's runs in the thread that called it,
+    exactly as long as it is on that thread's stack, which this thread reads safely as its
+    own. Blocks of other threads are left to those threads' readings (or ``hold_ttl``).
+    Generator and coroutine frames wait off every stack with their blocks open, so theirs
+    are left to ``hold_ttl``; so is everything once ``greenlet`` is imported, since a
+    waiting greenlet's frames leave the stack too.
     """
     if not _BLOCKS or "greenlet" in sys.modules:
         return
     entries = _BLOCKS.copy().items()  # a copy in one step: other threads change the registry
+    me = get_ident()
     running: set[FrameType] = set()
-    for top in sys._current_frames().values():
-        frame: FrameType | None = top
-        while frame is not None:
-            running.add(frame)
-            frame = frame.f_back
+    frame: FrameType | None = _getframe()
+    while frame is not None:
+        running.add(frame)
+        frame = frame.f_back
     abandoned: list[Hold] = []
     for frame, entry in entries:
-        if frame in running or frame.f_code.co_flags & _SUSPENDABLE:
+        if entry[4] != me or frame in running or frame.f_code.co_flags & _SUSPENDABLE:
             continue
         left = _unlink(entry, _entered_by_with(frame.f_code, account))
         if left is entry:
@@ -155,8 +162,8 @@ def _unlink(entry: _Entry, gone: Callable[[_Entry], bool]) -> _Entry | None:
     if len(kept) == _length(entry):
         return entry
     rebuilt: _Entry | None = None
-    for hold, spend, _, offset in reversed(kept):
-        rebuilt = (hold, spend, rebuilt, offset)
+    for hold, spend, _, offset, thread in reversed(kept):
+        rebuilt = (hold, spend, rebuilt, offset, thread)
     return rebuilt
 
 
@@ -253,7 +260,7 @@ class Spend:
         offset = frame.f_lasti
         if frame.f_code in _RELAYS:
             frame, offset = frame.f_back or frame, -1
-        _BLOCKS[frame] = (hold, self, _BLOCKS.get(frame), offset)
+        _BLOCKS[frame] = (hold, self, _BLOCKS.get(frame), offset, get_ident())
 
     def __exit__(
         self,
@@ -270,7 +277,7 @@ class Spend:
             trace = interrupt.__traceback__
             frame = None if hold is not None or trace is None else trace.tb_frame.f_back
             if frame is not None and frame in _BLOCKS and _BLOCKS[frame][1] is self:
-                hold, _, outer, _ = _BLOCKS[frame]
+                hold, _, outer, _, _ = _BLOCKS[frame]
                 if outer is None:
                     del _BLOCKS[frame]
                 else:
@@ -296,7 +303,7 @@ class Spend:
             trace = interrupt.__traceback__
             frame = None if hold is not None or trace is None else trace.tb_frame.f_back
             if frame is not None and frame in _BLOCKS and _BLOCKS[frame][1] is self:
-                hold, _, outer, _ = _BLOCKS[frame]
+                hold, _, outer, _, _ = _BLOCKS[frame]
                 if outer is None:
                     del _BLOCKS[frame]
                 else:
@@ -321,21 +328,13 @@ class Spend:
 
     def _stray(self) -> Hold:
         """Take this ``Spend``'s newest block entered from another frame than the one
-        leaving it (``contextlib.ExitStack`` leaves from a frame of its own), leaving
-        alone the blocks of frames other threads are running.
+        leaving it (``contextlib.ExitStack`` leaves from a frame of its own).
 
         Raises:
             RuntimeError: No block of this ``Spend`` is open.
         """
-        me = threading.get_ident()
-        others: set[FrameType] = set()
-        for thread, top in sys._current_frames().items():
-            frame: FrameType | None = top if thread != me else None
-            while frame is not None:
-                others.add(frame)
-                frame = frame.f_back
         while True:
-            found = self._newest(others)
+            found = self._newest(get_ident())
             if found is None:
                 break
             found_in, entry, hold, rebuilt = found
@@ -351,29 +350,33 @@ class Spend:
                 return hold
         raise RuntimeError(f"{self!r} was left more times than it was entered")
 
-    def _newest(
-        self, others: set[FrameType]
-    ) -> tuple[FrameType, _Entry, Hold, _Entry | None] | None:
-        """Where this ``Spend``'s newest block is registered, outside ``others``; its
-        entry there, its hold, and the entry without it. ``None``: nowhere. A block an
-        exit stack entered goes first, then one entered by hand; never one a ``with``
-        statement entered, which its own frame leaves.
+    def _newest(self, me: int) -> tuple[FrameType, _Entry, Hold, _Entry | None] | None:
+        """Where this ``Spend``'s block to leave is registered; its entry there, its hold,
+        and the entry without it. ``None``: nowhere.
+
+        Blocks thread ``me`` entered go first, then those of other threads; in each, the
+        newest block an exit stack entered, then the newest entered by hand. Another
+        thread's block entered by hand is left only once that thread has ended; a block a
+        ``with`` statement entered, never (its own frame leaves it).
         """
-        newest: tuple[FrameType, _Entry, _Entry] | None = None
+        best: tuple[int, FrameType, _Entry, _Entry] | None = None
+        alive: set[int] | None = None
         for found_in in reversed(_BLOCKS.copy()):  # one step, as other threads change it
             entry = _BLOCKS.get(found_in)
-            if entry is None or found_in in others:
-                continue
             link: _Entry | None = entry
-            while link is not None:
-                if link[1] is self and link[3] < 0:
-                    return found_in, entry, link[0], _unlink(entry, link.__eq__)
-                if link[1] is self and newest is None and not _by_with(found_in.f_code, link[3]):
-                    newest = found_in, entry, link
+            while entry is not None and link is not None:
+                if link[1] is self and (link[3] < 0 or not _by_with(found_in.f_code, link[3])):
+                    rank = (0 if link[4] == me else 2) + (link[3] >= 0)
+                    if rank == 3:
+                        if alive is None:
+                            alive = {thread.ident or 0 for thread in threading.enumerate()}
+                        rank = 4 if link[4] in alive else 3
+                    if rank < 4 and (best is None or rank < best[0]):
+                        best = rank, found_in, entry, link
                 link = link[2]
-        if newest is None:
+        if best is None:
             return None
-        found_in, entry, mine = newest
+        _, found_in, entry, mine = best
         return found_in, entry, mine[0], _unlink(entry, mine.__eq__)
 
     def __repr__(self) -> str:

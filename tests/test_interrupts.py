@@ -364,6 +364,102 @@ def test_a_block_entered_while_a_reading_looks_is_not_taken_for_abandoned() -> N
     assert (guard.held, guard.holds()) == (0, [])
 
 
+def test_a_thread_sweeps_only_its_own_stopped_blocks() -> None:
+    """A block a worker thread's Ctrl-C stranded at ``__exit__``'s first instruction: the
+    main thread's reading leaves it (it never reads another thread's stack), the worker's
+    own next reading settles it."""
+    guard = sg.SpendGuard(Wallet(), ttl=3600, hold_ttl=None)
+    exits = {sg.Spend.__exit__.__code__}
+    stranded, read, done = threading.Event(), threading.Event(), threading.Event()
+    seen: list[object] = []
+
+    def profile(frame: FrameType, event: str, arg: Any) -> None:
+        if event == "call" and frame.f_code in exits:
+            sys.setprofile(None)
+            raise Interrupted
+
+    def work() -> None:
+        with guard.spend(2):
+            sys.setprofile(profile)
+
+    def worker() -> None:
+        with contextlib.suppress(Interrupted):
+            work()
+        stranded.set()
+        read.wait(timeout=10)
+        seen.append(guard.held)
+        done.set()
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    assert stranded.wait(timeout=10)
+    assert (guard.held, len(guard.holds())) == (2, 1)
+    read.set()
+    assert done.wait(timeout=10)
+    thread.join(timeout=10)
+    assert seen == [0]
+    assert (guard.held, guard.spent, guard.holds()) == (0, 2, [])
+
+
+def test_readings_and_stray_exits_never_read_other_threads_stacks(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Following ``f_back`` from another running thread's frame can crash CPython 3.11: no
+    reading and no exit from another frame asks for other threads' frames."""
+
+    def refuse() -> dict[int, FrameType]:
+        raise AssertionError("another thread's stack was read")
+
+    monkeypatch.setattr(sys, "_current_frames", refuse)
+    guard = sg.SpendGuard(Wallet(), ttl=3600, hold_ttl=None)
+    inside, release = threading.Event(), threading.Event()
+
+    def in_thread() -> None:
+        with guard.spend(1):
+            inside.set()
+            release.wait(timeout=10)
+
+    thread = threading.Thread(target=in_thread)
+    thread.start()
+    assert inside.wait(timeout=10)
+    stack = contextlib.ExitStack()
+    stack.enter_context(guard.spend(1))
+    assert (guard.held, guard.spent, guard.available()) == (2, 0, 998)
+    stack.close()
+    release.set()
+    thread.join(timeout=10)
+    assert (guard.held, guard.spent, guard.holds()) == (0, 2, [])
+
+
+def test_a_block_another_thread_entered_by_hand_is_left_once_that_thread_ended() -> None:
+    """A ``Spend`` left more often than this thread entered it never takes a block a live
+    thread entered by hand; once that thread has ended, its block may be left from here.
+    A block an exit stack entered may be left from any thread."""
+    guard = sg.SpendGuard(Wallet(), ttl=3600, hold_ttl=None)
+    block, other = guard.spend(3), guard.spend(5)
+    entered, finish = threading.Event(), threading.Event()
+    holds: dict[str, sg.Hold] = {}
+    stack = contextlib.ExitStack()
+
+    def worker() -> None:
+        holds["hand"] = block.__enter__()
+        holds["stack"] = stack.enter_context(other)
+        entered.set()
+        finish.wait(timeout=10)
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    assert entered.wait(timeout=10)
+    with pytest.raises(RuntimeError, match="left more times"):
+        block.__exit__(None, None, None)
+    stack.close()  # handed over: the worker is still running
+    assert (holds["hand"].state, holds["stack"].state) == ("held", "settled")
+    finish.set()
+    thread.join(timeout=10)
+    block.__exit__(None, None, None)
+    assert (holds["hand"].state, guard.held, guard.spent) == ("settled", 0, 8)
+
+
 def test_exit_stacks_end_their_own_block_of_a_shared_spend() -> None:
     """Two exit stacks in one thread, each entering the same (cached) Spend, the inner one
     from a helper that returned: closing the inner stack ends its own block."""
