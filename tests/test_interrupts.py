@@ -202,20 +202,21 @@ def test_an_interrupt_at_any_point_leaves_nothing_held(face: str) -> None:
 # -- blocks whose frame stopped running ------------------------------------------------------
 
 
+def _interrupt_exits(frame: FrameType, event: str, arg: Any) -> None:
+    """A profile function: a Ctrl-C at the first instruction of the next ``Spend.__exit__``."""
+    if event == "call" and frame.f_code is sg.Spend.__exit__.__code__:
+        sys.setprofile(None)
+        raise Interrupted
+
+
 def test_a_with_block_interrupted_as_its_exit_starts_is_settled_by_the_next_reading() -> None:
     """A Ctrl-C at ``__exit__``'s first instruction, before any of its code runs: once the
     exception has ended the block's frame, the next reading settles the block in full."""
     guard = sg.SpendGuard(Wallet(), ttl=3600, hold_ttl=None)
-    exits = {sg.Spend.__exit__.__code__}
-
-    def profile(frame: FrameType, event: str, arg: Any) -> None:
-        if event == "call" and frame.f_code in exits:
-            sys.setprofile(None)
-            raise Interrupted
 
     def work() -> None:
         with guard.spend(2):
-            sys.setprofile(profile)
+            sys.setprofile(_interrupt_exits)
 
     with pytest.raises(Interrupted):
         work()
@@ -369,18 +370,12 @@ def test_a_thread_sweeps_only_its_own_stopped_blocks() -> None:
     main thread's reading leaves it (it never reads another thread's stack), the worker's
     own next reading settles it."""
     guard = sg.SpendGuard(Wallet(), ttl=3600, hold_ttl=None)
-    exits = {sg.Spend.__exit__.__code__}
     stranded, read, done = threading.Event(), threading.Event(), threading.Event()
     seen: list[object] = []
 
-    def profile(frame: FrameType, event: str, arg: Any) -> None:
-        if event == "call" and frame.f_code in exits:
-            sys.setprofile(None)
-            raise Interrupted
-
     def work() -> None:
         with guard.spend(2):
-            sys.setprofile(profile)
+            sys.setprofile(_interrupt_exits)
 
     def worker() -> None:
         with contextlib.suppress(Interrupted):
